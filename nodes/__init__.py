@@ -1,0 +1,1 @@
+from nodes import primitives  # noqa: F401

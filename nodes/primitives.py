@@ -1,0 +1,131 @@
+"""Primitive nodes: constants, arithmetic, text, and outputs that show or save a value.
+
+They need no torch, so they also serve to try the engine (and its cache) on their own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from graph_runtime.context import current
+from graph_runtime.nodes import Bool, Choice, Float, Int, Text, node
+
+CATEGORY = "primitives"
+
+
+@node("IntConstant", category=CATEGORY, output="value", display_name="Integer")
+def int_constant(value: int = Int(0, min=-(2**53 - 1), max=2**53 - 1)) -> int:
+    """An integer, to wire into several inputs at once."""
+    return value
+
+
+@node("FloatConstant", category=CATEGORY, output="value", display_name="Float")
+def float_constant(value: float = Float(0.0, step=0.01)) -> float:
+    """A floating point number, to wire into several inputs at once."""
+    return value
+
+
+@node("StringConstant", category=CATEGORY, output="value", display_name="String")
+def string_constant(value: str = Text("", multiline=True)) -> str:
+    """A piece of text, e.g. one prompt shared by several encoders."""
+    return value
+
+
+@node("BooleanConstant", category=CATEGORY, output="value", display_name="Boolean")
+def boolean_constant(value: bool = Bool(False)) -> bool:
+    """True or false."""
+    return value
+
+
+_INT_OPS = ["add", "subtract", "multiply", "floor_divide", "modulo", "min", "max", "power"]
+_FLOAT_OPS = ["add", "subtract", "multiply", "divide", "min", "max", "power"]
+
+
+@node("IntMath", category=CATEGORY, output="value", display_name="Integer math")
+def int_math(a: int = Int(0), b: int = Int(0),
+             operation: str = Choice(_INT_OPS, default="add")) -> int:
+    """`a (operation) b` on integers. Division by zero is an error, not a silent 0."""
+    if operation in ("floor_divide", "modulo") and b == 0:
+        raise ZeroDivisionError(f"IntMath: {operation} by zero")
+    ops = {"add": a + b, "subtract": a - b, "multiply": a * b, "min": min(a, b),
+           "max": max(a, b)}
+    if operation in ops:
+        return ops[operation]
+    if operation == "floor_divide":
+        return a // b
+    if operation == "modulo":
+        return a % b
+    if b < 0:
+        raise ValueError("IntMath: a negative power is not an integer")
+    return a ** b
+
+
+@node("FloatMath", category=CATEGORY, output="value", display_name="Float math")
+def float_math(a: float = Float(0.0), b: float = Float(0.0),
+               operation: str = Choice(_FLOAT_OPS, default="add")) -> float:
+    """`a (operation) b` on floats (integers may be wired in)."""
+    if operation == "divide":
+        if b == 0:
+            raise ZeroDivisionError("FloatMath: division by zero")
+        return a / b
+    if operation == "power":
+        return math.pow(a, b)
+    ops = {"add": a + b, "subtract": a - b, "multiply": a * b, "min": min(a, b),
+           "max": max(a, b)}
+    return ops[operation]
+
+
+@node("TextJoin", category=CATEGORY, output="text", display_name="Join text")
+def text_join(a: str = Text(""), b: str = Text(""), separator: str = Text(", ")) -> str:
+    """`a`, the separator, then `b`; an empty side is skipped with its separator, so
+    optional prompt fragments join cleanly."""
+    return separator.join(part for part in (a, b) if part)
+
+
+@node("NumberToText", category=CATEGORY, output="text", display_name="Number to text")
+def number_to_text(value: float = Float(0.0), decimals: int = Int(-1, min=-1, max=12)) -> str:
+    """Format a number; decimals -1 prints it as short as it reads back exactly
+    (an integral value prints without a fraction)."""
+    if decimals >= 0:
+        return f"{value:.{decimals}f}"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@node("ShowText", category=CATEGORY, output_node=True, display_name="Show text")
+def show_text(text: str) -> None:
+    """Show a text on the canvas (and in a headless run's result)."""
+    ctx = current()
+    if ctx is not None:
+        ctx.ui.setdefault("text", []).append(text)
+
+
+@node("ShowNumber", category=CATEGORY, output_node=True, display_name="Show number")
+def show_number(value: float) -> None:
+    """Show a number on the canvas (and in a headless run's result)."""
+    ctx = current()
+    if ctx is not None:
+        shown = int(value) if float(value).is_integer() else value
+        ctx.ui.setdefault("value", []).append(shown)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@node("SaveText", category=CATEGORY, output_node=True, display_name="Save text")
+def save_text(text: str, filename_prefix: str = Text("noodle")) -> None:
+    """Write the text to `<output>/<prefix>_00001.txt`, numbering past existing files."""
+    ctx = current()
+    out_dir = ctx.output_dir if ctx is not None else Path("output")
+    prefix = _UNSAFE.sub("_", filename_prefix).strip("._") or "noodle"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken = {p.name for p in out_dir.glob(f"{prefix}_*.txt")}
+    n = 1
+    while f"{prefix}_{n:05d}.txt" in taken:
+        n += 1
+    path = out_dir / f"{prefix}_{n:05d}.txt"
+    path.write_text(text, encoding="utf-8")
+    if ctx is not None:
+        ctx.add_file(path)
+        ctx.ui.setdefault("text", []).append(text)
