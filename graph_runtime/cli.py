@@ -1,0 +1,292 @@
+"""The `noodle` command: run, validate, nodes, serve.
+
+These flags are a contract that shipped workflows, docs and checks rely on:
+
+    noodle run FILE [--set NODE.INPUT=VALUE]... [--output-dir DIR] [--target NODE]... [--json]
+    noodle validate FILE [--set ...]... [--target ...]... [--json]
+    noodle nodes [--json]
+    noodle serve [--host HOST] [--port PORT] [--output-dir DIR]
+
+Exit codes: 0 success, 1 a node failed or the run was interrupted, 2 the workflow is
+invalid (or unreadable). With `--json`, `run` prints one JSON object per event per line
+(the last is `run_finished`; preview images are replaced by null) and an invalid workflow
+prints one `{"type": "invalid", "ok": false, "errors": [...]}` line.
+
+The node library is a module imported by name (default `nodes`; `--nodes` or env
+`NOODLE_NODES`, several separated by commas); importing it registers its nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from graph_runtime.cache import OutputCache, budgets_from_env, parse_bytes
+from graph_runtime.executor import Executor, RunResult, WorkflowInvalid
+from graph_runtime.graph import validate
+from graph_runtime.nodes import REGISTRY
+from graph_runtime.workflow import Workflow, WorkflowFormatError, apply_overrides, load_workflow
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def load_node_library(spec: str | None) -> list[str]:
+    """Import the node library module(s); returns their names."""
+    names = [s.strip() for s in (spec or os.environ.get("NOODLE_NODES") or "nodes").split(",")]
+    names = [n for n in names if n]
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    where = []
+    if err.get("node") is not None:
+        where.append(f"node {err['node']}")
+    if err.get("input"):
+        where.append(f"input {err['input']}")
+    prefix = ", ".join(where) + ": " if where else ""
+    return f"{prefix}[{err['code']}] {err['message']}"
+
+
+def _report_invalid(errors: list[dict[str, Any]], as_json: bool) -> int:
+    if as_json:
+        _print_json({"type": "invalid", "ok": False, "errors": errors})
+    else:
+        print(f"invalid workflow ({len(errors)} error(s)):", file=sys.stderr)
+        for err in errors:
+            print("  " + _format_error(err), file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _load(args: argparse.Namespace) -> tuple[Workflow | None, list[dict[str, Any]]]:
+    try:
+        wf = load_workflow(Path(args.file))
+    except WorkflowFormatError as exc:
+        return None, [{"node": None, "input": None, "code": "invalid_file",
+                       "message": str(exc)}]
+    return wf, apply_overrides(wf, list(args.set or []))
+
+
+# ---------------------------------------------------------------------------- run
+class _ConsoleReporter:
+    """Human output for headless runs: one line per node, a tqdm bar per node's steps."""
+
+    def __init__(self, total: int = 0) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bar: Any = None
+        self._index = 0
+        self._total = total
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        write = self._tqdm.write
+        if kind == "run_started":
+            self._total = len(event["nodes"])
+        elif kind == "node_started":
+            self._index += 1
+        elif kind == "node_cached":
+            self._index += 1
+            write(f"[{self._index}/{self._total}] {event['node_type']} #{event['node']}: cached",
+                  file=sys.stderr)
+        elif kind == "progress":
+            if self._bar is None:
+                self._bar = self._tqdm(total=event["total"], file=sys.stderr, leave=False,
+                                       desc=f"{event['node_type']} #{event['node']}")
+            self._bar.total = event["total"]
+            self._bar.n = event["step"]
+            self._bar.refresh()
+        elif kind == "node_finished":
+            self._close_bar()
+            write(f"[{self._index}/{self._total}] {event['node_type']} #{event['node']}: "
+                  f"{event['seconds']:.2f}s", file=sys.stderr)
+        elif kind == "error":
+            self._close_bar()
+            write(f"error in {event['node_type']} #{event['node']}: "
+                  f"{event['exception_type']}: {event['message']}\n{event['traceback']}",
+                  file=sys.stderr)
+        elif kind == "interrupted":
+            self._close_bar()
+            write(f"interrupted at node #{event['node']}", file=sys.stderr)
+
+
+def _json_event(event: dict[str, Any]) -> None:
+    if "preview" in event:
+        event = {**event, "preview": None}
+    _print_json(event)
+
+
+def _install_sigint(interrupt: threading.Event) -> None:
+    """First Ctrl-C asks the run to stop at the next step; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if interrupt.is_set():
+            raise KeyboardInterrupt
+        interrupt.set()
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _cache_from_args(args: argparse.Namespace) -> OutputCache:
+    budgets: dict[str, int | None] = dict(budgets_from_env())
+    if getattr(args, "cache_cpu_bytes", None):
+        budgets["cpu"] = parse_bytes(args.cache_cpu_bytes)
+    if getattr(args, "cache_cuda_bytes", None):
+        budgets["cuda"] = parse_bytes(args.cache_cuda_bytes)
+    return OutputCache(budgets)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    load_node_library(args.nodes)
+    wf, errors = _load(args)
+    if wf is not None:
+        errors = errors + validate(wf, REGISTRY, args.target or None)
+    if errors:
+        return _report_invalid(errors, args.json)
+    assert wf is not None
+    interrupt = threading.Event()
+    _install_sigint(interrupt)
+    on_event = _json_event if args.json else _ConsoleReporter()
+    executor = Executor(REGISTRY, _cache_from_args(args))
+    try:
+        result: RunResult = executor.run(wf, targets=args.target or None, on_event=on_event,
+                                         interrupt=interrupt, output_dir=Path(args.output_dir))
+    except WorkflowInvalid as exc:
+        return _report_invalid(exc.errors, args.json)
+    if not args.json:
+        for nid, ui in result.ui.items():
+            for key in ("text", "value"):
+                for item in ui.get(key, []):
+                    print(f"#{nid} {key}: {item}")
+        for path in result.files:
+            print(path)
+        state = "done" if result.ok else ("interrupted" if result.interrupted else "failed")
+        print(f"{state} in {result.seconds:.2f}s: {len(result.executed)} executed, "
+              f"{len(result.cached)} cached", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------- others
+def cmd_validate(args: argparse.Namespace) -> int:
+    load_node_library(args.nodes)
+    wf, errors = _load(args)
+    if wf is not None:
+        errors = errors + validate(wf, REGISTRY, args.target or None)
+    if args.json:
+        _print_json({"ok": not errors, "errors": errors})
+    elif errors:
+        _report_invalid(errors, False)
+    else:
+        print("valid")
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    load_node_library(args.nodes)
+    schemas = REGISTRY.schemas()
+    if args.json:
+        _print_json(schemas)
+        return EXIT_OK
+    by_category: dict[str, list[dict[str, Any]]] = {}
+    for schema in schemas.values():
+        by_category.setdefault(schema["category"], []).append(schema)
+    for category in sorted(by_category):
+        print(f"{category}:")
+        for s in by_category[category]:
+            ins = ", ".join(f"{i['name']}:{i['type']}" for i in s["inputs"])
+            outs = ", ".join(f"{o['name']}:{o['type']}" for o in s["outputs"])
+            mark = "  [output]" if s["output_node"] else ""
+            print(f"  {s['name']}({ins}) -> {outs or '-'}{mark}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the web server; imported lazily so headless use never loads aiohttp."""
+    if args.cache_cpu_bytes:
+        os.environ["NOODLE_CACHE_CPU_BYTES"] = args.cache_cpu_bytes
+    if args.cache_cuda_bytes:
+        os.environ["NOODLE_CACHE_CUDA_BYTES"] = args.cache_cuda_bytes
+    if args.nodes:
+        os.environ["NOODLE_NODES"] = args.nodes
+    server = importlib.import_module("graph_runtime.server")
+    if hasattr(server, "main"):
+        code = server.main(args)
+    else:
+        code = server.serve(host=args.host, port=args.port,
+                            nodes_module=args.nodes or os.environ.get("NOODLE_NODES", "nodes"),
+                            output_dir=Path(args.output_dir))
+    return int(code or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--nodes", default=None,
+                        help="node library module(s) to import (default: $NOODLE_NODES or "
+                             "'nodes')")
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument("--cache-cpu-bytes", default=None,
+                       help="cache budget in RAM, e.g. 4G (default: $NOODLE_CACHE_CPU_BYTES)")
+    cache.add_argument("--cache-cuda-bytes", default=None,
+                       help="cache budget on the GPU (default: $NOODLE_CACHE_CUDA_BYTES)")
+    wfargs = argparse.ArgumentParser(add_help=False)
+    wfargs.add_argument("file", help="workflow JSON file")
+    wfargs.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
+                        help="override an input (JSON where it parses, else a string)")
+    wfargs.add_argument("--target", action="append", metavar="NODE",
+                        help="run only this node and what it needs (repeatable)")
+    wfargs.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="noodle", description="Noodle: node-graph "
+                                     "workflows for diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common, cache, wfargs], help="run a workflow")
+    run.add_argument("--output-dir", default="output", help="where files go (default: output)")
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", parents=[common, wfargs], help="check a workflow")
+    val.set_defaults(func=cmd_validate)
+    nodes = sub.add_parser("nodes", parents=[common], help="list node types")
+    nodes.add_argument("--json", action="store_true", help="every node's schema as JSON")
+    nodes.set_defaults(func=cmd_nodes)
+    serve = sub.add_parser("serve", parents=[common, cache], help="start the web canvas")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8188)
+    serve.add_argument("--output-dir", default="output")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
