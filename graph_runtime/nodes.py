@@ -416,7 +416,7 @@ def node(
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         definition = build_definition(func, name, category, output, output_node, version,
                                       fingerprint, display_name)
-        (registry or REGISTRY).add(definition)
+        (REGISTRY if registry is None else registry).add(definition)
         func.__node__ = definition  # type: ignore[attr-defined]
         return func
 
