@@ -1,0 +1,120 @@
+"""Residual block and the 2x down/up sampling layers shared by every UNet and the VAE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "mish": nn.Mish,
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module named in a diffusers config (``act_fn``)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        known = sorted(_ACTIVATIONS)
+        raise ValueError(f"unsupported activation {name!r}; known: {known}") from None
+
+
+class ResnetBlock2D(nn.Module):
+    """GroupNorm-act-conv twice, with the time embedding added in between.
+
+    ``time_embedding_norm="scale_shift"`` applies the embedding as FiLM after the second
+    norm instead of adding it, as some DDPM checkpoints do. ``temb_channels=None`` (the VAE)
+    drops the time projection entirely.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        temb_channels: int | None = 512,
+        groups: int = 32,
+        groups_out: int | None = None,
+        eps: float = 1e-6,
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        output_scale_factor: float = 1.0,
+        time_embedding_norm: str = "default",
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if time_embedding_norm not in ("default", "scale_shift"):
+            raise ValueError(f"unsupported resnet_time_scale_shift {time_embedding_norm!r}")
+        self.time_embedding_norm = time_embedding_norm
+        self.output_scale_factor = output_scale_factor
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps, affine=True)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        if temb_channels is not None:
+            proj_out = out_channels * 2 if time_embedding_norm == "scale_shift" else out_channels
+            self.time_emb_proj: nn.Linear | None = nn.Linear(temb_channels, proj_out)
+        else:
+            self.time_emb_proj = None
+        self.norm2 = nn.GroupNorm(groups_out or groups, out_channels, eps=eps, affine=True)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nonlinearity = activation(act_fn)
+        self.conv_shortcut: nn.Conv2d | None = (
+            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        )
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(self.nonlinearity(self.norm1(x)))
+        scale_shift = None
+        if self.time_emb_proj is not None and temb is not None:
+            t = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
+            if self.time_embedding_norm == "default":
+                h = h + t
+            else:
+                scale_shift = t.chunk(2, dim=1)
+        h = self.norm2(h)
+        if scale_shift is not None:
+            h = h * (1 + scale_shift[0]) + scale_shift[1]
+        h = self.conv2(self.dropout(self.nonlinearity(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        out = x + h
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out
+
+
+class Downsample2D(nn.Module):
+    """Strided 3x3 convolution; ``padding=0`` pads right/bottom only, as the LDM VAE does."""
+
+    def __init__(self, channels: int, out_channels: int | None = None, padding: int = 1) -> None:
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1), mode="constant", value=0)
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Nearest-neighbour 2x (or to an explicit size) followed by a 3x3 convolution."""
+
+    def __init__(self, channels: int, out_channels: int | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(
+        self, x: torch.Tensor, output_size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        if x.shape[0] >= 64:
+            x = x.contiguous()
+        if output_size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=output_size, mode="nearest")
+        return self.conv(x)
