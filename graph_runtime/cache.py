@@ -25,6 +25,8 @@ from typing import Any
 DEFAULT_BUDGETS: dict[str, int] = {"cpu": 8 * 2**30, "mps": 4 * 2**30}
 # With no explicit CUDA budget, keep this share of the device's memory for cached outputs.
 CUDA_DEFAULT_SHARE = 0.6
+# Bookkeeping charged to every entry, so even outputs that hold nothing are bounded.
+ENTRY_OVERHEAD = 64
 _SUFFIXES = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
@@ -183,7 +185,8 @@ class OutputCache:
         """Store `entry` (measuring it unless sizes are given), evicting least recently used
         entries on each device over budget. Returns False if it alone exceeds a budget."""
         if not entry.sizes:
-            entry.sizes = measure(entry.outputs)
+            entry.sizes = measure((entry.outputs, entry.ui, entry.files))
+            entry.sizes["cpu"] = entry.sizes.get("cpu", 0) + ENTRY_OVERHEAD
         with self._lock:
             for device, n in entry.sizes.items():
                 limit = self.budget(device)
