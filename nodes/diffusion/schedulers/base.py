@@ -1,0 +1,367 @@
+"""The scheduler base classes: config handling, step bookkeeping and ``add_noise``.
+
+A scheduler has no weights, only a config. Configs follow diffusers' rules so that a
+``scheduler_config.json`` written by diffusers loads here unchanged and swapping one scheduler
+for another (``EulerDiscreteScheduler.from_config(pndm.config)``) keeps the training noise
+schedule while taking the new scheduler's own defaults for everything else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .schedule import (
+    alpha_sigma_from_sigma,
+    beta_sigmas,
+    broadcast_to,
+    exponential_sigmas,
+    karras_sigmas,
+    make_betas,
+    rescale_zero_terminal_snr,
+    sigmas_to_timesteps,
+)
+
+CONFIG_NAME = "scheduler_config.json"
+_REGISTRY: dict[str, type[Scheduler]] = {}
+
+
+@dataclass
+class SchedulerOutput:
+    """What ``step`` returns: the less noisy sample, and the clean-sample estimate if any."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class SchedulerConfig(dict):
+    """A read-only dict with attribute access, so algorithms read ``self.config.steps_offset``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a scheduler config is read-only; build a new one with from_config")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _readonly  # type: ignore[assignment]
+
+
+def read_scheduler_config(path: str | Path) -> dict[str, Any]:
+    """Read a ``scheduler_config.json`` given the file, its folder, or a pipeline folder."""
+    path = Path(path)
+    for candidate in (path, path / CONFIG_NAME, path / "scheduler" / CONFIG_NAME):
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
+
+
+class Scheduler:
+    """Config and noise schedule common to all schedulers.
+
+    Subclasses list their config keys and defaults in ``defaults`` (diffusers' ``__init__``
+    keywords, same names and values) and build their own state in ``_setup``.
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    beta_schedules: ClassVar[tuple[str, ...]] = ("linear", "scaled_linear", "squaredcos_cap_v2")
+    order: ClassVar[int] = 1
+    # Sigma-parameterised schedulers keep the terminal alpha_bar away from exactly zero.
+    floor_terminal_alpha: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.defaults:
+            _REGISTRY[cls.__name__] = cls
+
+    def __init__(self, **config: Any) -> None:
+        public = {k: v for k, v in config.items() if not k.startswith("_")}
+        unknown = sorted(set(public) - set(self.defaults))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no config option(s) {unknown}")
+        values = {k: copy.deepcopy(public.get(k, default)) for k, default in self.defaults.items()}
+        internal: dict[str, Any] = {k: v for k, v in config.items() if k.startswith("_")}
+        internal.update(values)
+        used_defaults = [k for k in self.defaults if k not in public]
+        if used_defaults:
+            # Remembered so that from_config to another class takes that class's defaults.
+            internal["_use_default_values"] = used_defaults
+        internal["_class_name"] = type(self).__name__
+        self._config = SchedulerConfig(internal)
+        spacings = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+        if sum(bool(self.config.get(k)) for k in spacings) > 1:
+            raise ValueError(f"use only one of {', '.join(spacings)}")
+
+        self.betas = make_betas(self.config, self.beta_schedules)
+        if self.config.get("rescale_betas_zero_snr"):
+            self.betas = rescale_zero_terminal_snr(self.betas)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if self.config.get("rescale_betas_zero_snr") and self.floor_terminal_alpha:
+            self.alphas_cumprod[-1] = 2**-24
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._setup()
+
+    def _setup(self) -> None:
+        """Build the scheduler's own state from ``self.config`` (overridden by subclasses)."""
+
+    # ---------------------------------------------------------------- config
+    @property
+    def config(self) -> SchedulerConfig:
+        return self._config
+
+    def _update_config(self, **values: Any) -> None:
+        self._config = SchedulerConfig({**self._config, **values})
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> Scheduler:
+        """Build from another scheduler's config, with diffusers' semantics.
+
+        Keys the source took from its own defaults are dropped, so this class uses its own
+        defaults for them; keys this class does not know are ignored for construction but kept
+        in the config (so a later swap back still sees them).
+        """
+        used_defaults = set(config.get("_use_default_values", []))
+        source = {
+            k: v for k, v in config.items() if k not in used_defaults and k != "_use_default_values"
+        }
+        unknown = sorted(set(overrides) - set(cls.defaults))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no config option(s) {unknown}")
+        init = {k: source[k] for k in cls.defaults if k in source}
+        init.update(overrides)
+        scheduler = cls(**init)
+        hidden = {k: v for k, v in source.items() if k not in init}
+        hidden["_class_name"] = cls.__name__
+        scheduler._update_config(**hidden)
+        return scheduler
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, subfolder: str | None = None) -> Scheduler:
+        """Load from a ``scheduler_config.json`` (a file, its folder, or a pipeline folder)."""
+        path = Path(path) / subfolder if subfolder else Path(path)
+        return cls.from_config(read_scheduler_config(path))
+
+    def to_json_string(self) -> str:
+        saved = {k: v for k, v in self.config.items() if k != "_use_default_values"}
+        return json.dumps(dict(sorted(saved.items())), indent=2) + "\n"
+
+    def save_config(self, folder: str | Path) -> Path:
+        target = Path(folder) / CONFIG_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(self.to_json_string(), encoding="utf-8")
+        return target
+
+    @property
+    def compatibles(self) -> list[type[Scheduler]]:
+        """Every scheduler that can replace this one on the same model (all share one config)."""
+        return list(_REGISTRY.values())
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    # ---------------------------------------------------------------- shared helpers
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """Most schedulers feed the model the sample unchanged."""
+        return sample
+
+    def _add_noise_by_alphas_cumprod(
+        self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """q(x_t | x_0) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, at integer timesteps."""
+        self.alphas_cumprod = self.alphas_cumprod.to(device=original.device)
+        alphas_cumprod = self.alphas_cumprod.to(dtype=original.dtype)
+        timesteps = timesteps.to(original.device)
+        sqrt_alpha = broadcast_to(alphas_cumprod[timesteps] ** 0.5, original)
+        sqrt_one_minus_alpha = broadcast_to((1 - alphas_cumprod[timesteps]) ** 0.5, original)
+        return sqrt_alpha * original + sqrt_one_minus_alpha * noise
+
+
+class IndexedScheduler(Scheduler):
+    """A scheduler that walks a precomputed sigma table with a step counter.
+
+    The counter starts at the index of the first timestep it is given (or at ``begin_index``,
+    which img2img sets when it enters the schedule part-way).
+    """
+
+    # Solvers treat an unknown timestep as the last one instead of failing.
+    unknown_timestep_is_last: ClassVar[bool] = False
+
+    sigmas: torch.Tensor
+    timesteps: torch.Tensor
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def index_for_timestep(
+        self, timestep: Any, schedule_timesteps: torch.Tensor | None = None
+    ) -> int:
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        candidates = (schedule == timestep).nonzero()
+        if len(candidates) == 0 and self.unknown_timestep_is_last:
+            return len(self.timesteps) - 1
+        # A repeated timestep (Heun, KDPM2) is entered at its second occurrence, so that a
+        # schedule started part-way (img2img) does not skip a step.
+        return candidates[1 if len(candidates) > 1 else 0].item()
+
+    def _init_step_index(self, timestep: Any) -> None:
+        if self._begin_index is None:
+            if isinstance(timestep, torch.Tensor):
+                timestep = timestep.to(self.timesteps.device)
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index
+
+    def _sigmas_at(self, original: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The table sigma of each timestep, shaped to broadcast over ``original``."""
+        sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
+        schedule = self.timesteps.to(original.device)
+        timesteps = timesteps.to(original.device)
+        if self.begin_index is None:
+            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
+        elif self.step_index is not None:
+            indices = [self.step_index] * timesteps.shape[0]
+        else:
+            indices = [self.begin_index] * timesteps.shape[0]
+        return broadcast_to(sigmas[indices], original)
+
+    def _reshape_sigmas(
+        self, sigmas: np.ndarray, log_sigmas: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Apply the config's sigma spacing (Karras, exponential, beta), with matching timesteps.
+
+        Returns the input unchanged and ``None`` timesteps when no respacing is configured.
+        """
+        config = self.config
+        lo, hi = config.get("sigma_min"), config.get("sigma_max")
+        if config.get("use_karras_sigmas"):
+            sigmas = karras_sigmas(sigmas, n, lo, hi)
+        elif config.get("use_exponential_sigmas"):
+            sigmas = exponential_sigmas(sigmas, n, lo, hi)
+        elif config.get("use_beta_sigmas"):
+            sigmas = beta_sigmas(sigmas, n, lo, hi)
+        else:
+            return sigmas, None
+        return sigmas, sigmas_to_timesteps(sigmas, log_sigmas)
+
+
+class SigmaScheduler(IndexedScheduler):
+    """Base of the k-diffusion samplers (Euler, Heun, LMS, KDPM2): x_t = x_0 + sigma * noise.
+
+    The model sees the sample scaled to unit variance, ``x / sqrt(sigma^2 + 1)``.
+    """
+
+    floor_terminal_alpha = True
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        max_sigma = self.sigmas.max()
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return max_sigma
+        return (max_sigma**2 + 1) ** 0.5
+
+    def _input_sigma(self) -> torch.Tensor:
+        return self.sigmas[self.step_index]
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sigma = self._input_sigma()
+        return sample / (sigma**2 + 1) ** 0.5
+
+    def _denoised(
+        self,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        sigma: torch.Tensor,
+        allow_sample: bool = True,
+    ) -> torch.Tensor:
+        """x_0 from the model output, for each prediction type."""
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return sample - sigma * model_output
+        if prediction == "v_prediction":
+            return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+        if prediction == "sample" and allow_sample:
+            return model_output
+        raise ValueError(
+            f"prediction_type {prediction!r} is not supported by {type(self).__name__}"
+        )
+
+    def add_noise(
+        self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        return original + noise * self._sigmas_at(original, timesteps)
+
+
+class SolverScheduler(IndexedScheduler):
+    """Base of the exponential-integrator solvers (DPM-Solver, DEIS, UniPC) on the VP process."""
+
+    unknown_timestep_is_last = True
+    init_noise_sigma = 1.0
+
+    def _reject_unsupported(self) -> None:
+        for key in ("use_flow_sigmas", "use_dynamic_shifting"):
+            if self.config.get(key):
+                raise ValueError(f"{key} (flow-matching models) is not supported by Noodle")
+        if self.config.prediction_type == "flow_prediction":
+            raise ValueError("prediction_type 'flow_prediction' is not supported by Noodle")
+
+    def _alpha_sigma(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return alpha_sigma_from_sigma(self.sigmas[index])
+
+    def _x0_from_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The data prediction x_0 for the current step, from any prediction type."""
+        alpha_t, sigma_t = self._alpha_sigma(self.step_index)
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return (sample - sigma_t * model_output) / alpha_t
+        if prediction == "sample":
+            return model_output
+        if prediction == "v_prediction":
+            return alpha_t * sample - sigma_t * model_output
+        raise ValueError(
+            f"prediction_type {prediction!r} is not supported by {type(self).__name__}"
+        )
+
+    def _eps_from_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The noise prediction epsilon for the current step, from any prediction type."""
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return model_output
+        alpha_t, sigma_t = self._alpha_sigma(self.step_index)
+        if prediction == "sample":
+            return (sample - alpha_t * model_output) / sigma_t
+        if prediction == "v_prediction":
+            return alpha_t * model_output + sigma_t * sample
+        raise ValueError(
+            f"prediction_type {prediction!r} is not supported by {type(self).__name__}"
+        )
+
+    def add_noise(
+        self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        alpha_t, sigma_t = alpha_sigma_from_sigma(self._sigmas_at(original, timesteps))
+        return alpha_t * original + sigma_t * noise
