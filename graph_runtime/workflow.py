@@ -142,13 +142,14 @@ def from_dict(data: Any) -> Workflow:
 def load_workflow(source: str | Path | Mapping[str, Any] | Workflow) -> Workflow:
     """Load from a path, a JSON string, or an already parsed dict.
 
-    A `str` that starts with `{` (after whitespace) is JSON text; any other `str` is a path.
+    A `str` that starts with `{` or `[` (after whitespace) is JSON text; any other `str`
+    is a path.
     """
     if isinstance(source, Workflow):
         return source
     if isinstance(source, Mapping):
         return from_dict(dict(source))
-    if isinstance(source, str) and source.lstrip().startswith("{"):
+    if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
         text, origin = source, "workflow"
     else:
         path = Path(source)

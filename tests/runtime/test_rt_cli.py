@@ -1,0 +1,99 @@
+"""The `noodle` command as a user runs it: exit codes and --json event lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def noodle(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get(
+        "PYTHONPATH", "")]), "NOODLE_NODES": "noodle_test_nodes"}
+    return subprocess.run([sys.executable, "-m", "graph_runtime.cli", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def write(path: Path, nodes: dict) -> Path:
+    path.write_text(json.dumps({"format": "noodle.workflow", "version": 1, "nodes": nodes}))
+    return path
+
+
+def good(tmp_path: Path) -> Path:
+    return write(tmp_path / "good.json", {
+        "1": {"type": "TConst", "inputs": {"value": 4}},
+        "2": {"type": "TSteps", "inputs": {"x": {"from": "1", "output": "value"}}},
+        "3": {"type": "TShow", "inputs": {"value": {"from": "2", "output": "value"}}}})
+
+
+def test_run_json_prints_one_event_per_line(tmp_path: Path) -> None:
+    proc = noodle("run", str(good(tmp_path)), "--json", "--set", "1.value=9", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["queued", "run_started"] and kinds[-1] == "run_finished"
+    assert kinds.count("progress") == 3 and kinds.count("node_finished") == 3
+    assert all(e["preview"] is None for e in events if e["type"] == "progress")
+    shown = [e for e in events if e["type"] == "node_finished" and e["node"] == "3"][0]
+    assert shown["ui"] == {"value": [9]}
+    assert events[-1]["ok"] is True and events[-1]["executed"] == ["1", "2", "3"]
+
+
+def test_run_human_output_and_target(tmp_path: Path) -> None:
+    proc = noodle("run", str(good(tmp_path)), "--target", "1", "--output-dir", "o",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "TConst #1" in proc.stderr and "1 executed" in proc.stderr
+    assert "TSteps" not in proc.stderr
+
+
+def test_failing_node_exits_1_with_error_event(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.json", {
+        "1": {"type": "TConst", "inputs": {}},
+        "2": {"type": "TFail", "inputs": {"x": {"from": "1", "output": "value"}}},
+        "3": {"type": "TShow", "inputs": {"value": {"from": "2", "output": "value"}}}})
+    proc = noodle("run", str(path), "--json", cwd=tmp_path)
+    assert proc.returncode == 1
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    error = [e for e in events if e["type"] == "error"][0]
+    assert error["node"] == "2" and error["exception_type"] == "RuntimeError"
+    assert error["message"] == "cannot handle 1" and "Traceback" in error["traceback"]
+    assert events[-1]["type"] == "run_finished" and events[-1]["ok"] is False
+    human = noodle("run", str(path), cwd=tmp_path)
+    assert human.returncode == 1 and "cannot handle 1" in human.stderr
+
+
+def test_invalid_workflow_exits_2(tmp_path: Path) -> None:
+    path = good(tmp_path)
+    proc = noodle("run", str(path), "--json", "--set", "1.value=500", "--set", "7.x=1",
+                  "--set", "2.nope=1", cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stdout.splitlines()
+    report = json.loads(line)
+    assert report["ok"] is False
+    assert {(e["node"], e["code"]) for e in report["errors"]} == {
+        ("7", "unknown_node"), ("1", "value_out_of_range"), ("2", "unknown_input")}
+    text = noodle("run", str(path), "--set", "1.value=500", cwd=tmp_path)
+    assert text.returncode == 2 and "value_out_of_range" in text.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert noodle("run", str(broken), cwd=tmp_path).returncode == 2
+
+
+def test_validate_and_nodes(tmp_path: Path) -> None:
+    ok = noodle("validate", str(good(tmp_path)), "--json", cwd=tmp_path)
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {"ok": True, "errors": []}
+    bad = noodle("validate", str(good(tmp_path)), "--json", "--set", "1.value=\"x\"",
+                 cwd=tmp_path)
+    assert bad.returncode == 2
+    assert json.loads(bad.stdout)["errors"][0]["code"] == "invalid_value_type"
+    listed = noodle("nodes", "--json", cwd=tmp_path)
+    schemas = json.loads(listed.stdout)
+    assert listed.returncode == 0 and schemas["TShow"]["output_node"] is True
+    assert schemas["TConst"]["inputs"][0]["max"] == 100
+    human = noodle("nodes", cwd=tmp_path)
+    assert "TSteps(x:INT, total:INT) -> value:INT" in human.stdout
