@@ -1,0 +1,45 @@
+"""Fixtures: an app over the toy node library with every folder in a temporary directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from toy_nodes import make_registry
+
+from graph_runtime.executor import Executor
+from graph_runtime.server import create_app
+from graph_runtime.server.app import QUEUE_KEY
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> dict[str, Path]:
+    names = ("output", "input", "temp", "user", "workflows", "models")
+    out = {name: tmp_path / name for name in names}
+    for p in out.values():
+        p.mkdir()
+    (out["workflows"] / "shipped_one.json").write_text(
+        '{"format": "noodle.workflow", "version": 1, "description": "shipped", "nodes": {}}')
+    (out["models"] / "tiny-model").mkdir()
+    (out["models"] / "single.safetensors").write_bytes(b"x")
+    return out
+
+
+@pytest.fixture
+def app(folders: dict[str, Path]) -> Any:
+    registry = make_registry()
+    return create_app(registry, Executor(registry), output_dir=folders["output"],
+                      input_dir=folders["input"], temp_dir=folders["temp"],
+                      user_dir=folders["user"], workflows_dir=folders["workflows"],
+                      models_dir=folders["models"], max_upload_bytes=2**20)
+
+
+@pytest_asyncio.fixture
+async def client(aiohttp_client: Any, app: Any) -> Any:
+    return await aiohttp_client(app)
+
+
+def queue_of(client: Any) -> Any:
+    return client.server.app[QUEUE_KEY]
