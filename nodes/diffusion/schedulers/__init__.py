@@ -21,6 +21,8 @@ from .base import (
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .heun import HeunDiscreteScheduler
+from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 
@@ -33,6 +35,9 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         LMSDiscreteScheduler,
         EulerDiscreteScheduler,
         EulerAncestralDiscreteScheduler,
+        HeunDiscreteScheduler,
+        KDPM2DiscreteScheduler,
+        KDPM2AncestralDiscreteScheduler,
     )
 }
 

@@ -80,7 +80,7 @@ class Scheduler:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.defaults:
+        if cls.defaults and not cls.__name__.startswith("_"):
             _REGISTRY[cls.__name__] = cls
 
     def __init__(self, **config: Any) -> None:

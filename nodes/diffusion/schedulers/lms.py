@@ -95,7 +95,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         coeffs = [self.get_lms_coefficient(order, self.step_index, j) for j in range(order)]
         prev_sample = sample + sum(
             coeff * derivative
-            for coeff, derivative in zip(coeffs, reversed(self.derivatives), strict=True)
+            for coeff, derivative in zip(coeffs, reversed(self.derivatives), strict=False)
         )
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
