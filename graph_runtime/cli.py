@@ -228,16 +228,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["NOODLE_CACHE_CPU_BYTES"] = args.cache_cpu_bytes
     if args.cache_cuda_bytes:
         os.environ["NOODLE_CACHE_CUDA_BYTES"] = args.cache_cuda_bytes
-    if args.nodes:
-        os.environ["NOODLE_NODES"] = args.nodes
+    names = load_node_library(args.nodes)
     server = importlib.import_module("graph_runtime.server")
-    if hasattr(server, "main"):
-        code = server.main(args)
-    else:
-        code = server.serve(host=args.host, port=args.port,
-                            nodes_module=args.nodes or os.environ.get("NOODLE_NODES", "nodes"),
-                            output_dir=Path(args.output_dir))
-    return int(code or 0)
+    options: dict[str, Any] = {"host": args.host, "port": args.port, "nodes_module": names[0],
+                               "output_dir": Path(args.output_dir)}
+    if args.models_dir:
+        options["models_dir"] = Path(args.models_dir)
+    server.serve(**options)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--output-dir", default="output")
+    serve.add_argument("--models-dir", default=None,
+                       help="checkpoints folder (default: $NOODLE_MODELS_DIR or models/)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

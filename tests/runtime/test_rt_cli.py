@@ -97,3 +97,20 @@ def test_validate_and_nodes(tmp_path: Path) -> None:
     assert schemas["TConst"]["inputs"][0]["max"] == 100
     human = noodle("nodes", cwd=tmp_path)
     assert "TSteps(x:INT, total:INT) -> value:INT" in human.stdout
+
+
+def test_serve_hands_its_options_to_the_server(monkeypatch, tmp_path: Path) -> None:
+    import graph_runtime.server as server
+    from graph_runtime import cli
+
+    monkeypatch.syspath_prepend(str(HERE))
+    seen: dict = {}
+    monkeypatch.setattr(server, "serve", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("NOODLE_CACHE_CPU_BYTES", "8G")  # restored after the test
+    code = cli.main(["serve", "--host", "0.0.0.0", "--port", "9999", "--nodes",
+                     "noodle_test_nodes", "--output-dir", str(tmp_path), "--cache-cpu-bytes",
+                     "1G"])
+    assert code == 0
+    assert seen == {"host": "0.0.0.0", "port": 9999, "nodes_module": "noodle_test_nodes",
+                    "output_dir": tmp_path}
+    assert os.environ["NOODLE_CACHE_CPU_BYTES"] == "1G"
