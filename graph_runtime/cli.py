@@ -114,8 +114,7 @@ class _ConsoleReporter:
                 self._bar = self._tqdm(total=event["total"], file=sys.stderr, leave=False,
                                        desc=f"{event['node_type']} #{event['node']}")
             self._bar.total = event["total"]
-            self._bar.n = event["step"]
-            self._bar.refresh()
+            self._bar.update(event["step"] - self._bar.n)
         elif kind == "node_finished":
             self._close_bar()
             write(f"[{self._index}/{self._total}] {event['node_type']} #{event['node']}: "

@@ -126,8 +126,9 @@ def _check_node(wf: Workflow, registry: Registry, nid: str, nd: dict[str, Any],
     if definition is not None:
         for spec in definition.inputs.values():
             if spec.required and spec.name not in inputs:
+                how = "a value or a link" if spec.type in _PRIMITIVE_CHECKS else "a link"
                 errors.append(_error(nid, spec.name, "missing_input",
-                                     f"{spec.name} ({spec.type}) must be linked"))
+                                     f"{spec.name} ({spec.type}) needs {how}"))
 
 
 def _predecessors(wf: Workflow) -> dict[str, list[str]]:
