@@ -20,6 +20,7 @@ from .base import (
 )
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .dpm_multistep import DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
@@ -38,6 +39,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         HeunDiscreteScheduler,
         KDPM2DiscreteScheduler,
         KDPM2AncestralDiscreteScheduler,
+        DPMSolverMultistepScheduler,
     )
 }
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput, SigmaScheduler
+from .base import SchedulerOutput
+from .families import SigmaScheduler
 from .schedule import interpolate_sigmas, randn, sigma_timesteps, sigma_to_t, train_sigmas
 
 
