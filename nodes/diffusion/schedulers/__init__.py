@@ -21,6 +21,7 @@ from .base import (
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
+from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
@@ -40,6 +41,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         KDPM2DiscreteScheduler,
         KDPM2AncestralDiscreteScheduler,
         DPMSolverMultistepScheduler,
+        DPMSolverSinglestepScheduler,
     )
 }
 

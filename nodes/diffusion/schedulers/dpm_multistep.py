@@ -25,6 +25,47 @@ class DPMSolverBase(SolverScheduler):
     """What the multistep and singlestep DPM-Solvers share: the model-output conversion and
     the first-order step."""
 
+    algorithms: tuple[str, ...] = ALGORITHMS
+
+    def _setup(self) -> None:
+        self._reject_unsupported()
+        config = self.config
+        # Names of other solvers' variants map onto the closest one here, as in diffusers.
+        if config.algorithm_type == "deis":
+            self._update_config(algorithm_type="dpmsolver++")
+        elif config.algorithm_type not in self.algorithms:
+            raise ValueError(
+                f"algorithm_type {config.algorithm_type!r} is not one of {self.algorithms}"
+            )
+        if config.solver_type in ("logrho", "bh1", "bh2"):
+            self._update_config(solver_type="midpoint")
+        elif config.solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"solver_type {config.solver_type!r} is not 'midpoint' or 'heun'")
+        if self.config.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
+            if self.config.final_sigmas_type == "zero":
+                raise ValueError(
+                    f"final_sigmas_type 'zero' needs a dpmsolver++ algorithm, not "
+                    f"{self.config.algorithm_type!r}; use 'sigma_min'"
+                )
+        self.alpha_t = torch.sqrt(self.alphas_cumprod)
+        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        total = config.num_train_timesteps
+        self.timesteps = torch.from_numpy(
+            np.linspace(0, total - 1, total, dtype=np.float32)[::-1].copy()
+        )
+        self._reset_history()
+
+    def _final_sigma(self) -> Any:
+        """The sigma after the last step: 0 (fully denoised) or the smallest training sigma."""
+        if self.config.final_sigmas_type == "sigma_min":
+            ac0 = self.alphas_cumprod[0]
+            return ((1 - ac0) / ac0) ** 0.5
+        if self.config.final_sigmas_type == "zero":
+            return 0
+        raise ValueError("final_sigmas_type must be 'zero' or 'sigma_min'")
+
     def convert_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor
     ) -> torch.Tensor:
@@ -108,34 +149,6 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         "time_shift_type": "exponential",
     }
 
-    def _setup(self) -> None:
-        self._reject_unsupported()
-        config = self.config
-        # Names of other solvers' variants map onto the closest one here, as in diffusers.
-        if config.algorithm_type == "deis":
-            self._update_config(algorithm_type="dpmsolver++")
-        elif config.algorithm_type not in ALGORITHMS:
-            raise ValueError(f"algorithm_type {config.algorithm_type!r} is not one of {ALGORITHMS}")
-        if config.solver_type in ("logrho", "bh1", "bh2"):
-            self._update_config(solver_type="midpoint")
-        elif config.solver_type not in ("midpoint", "heun"):
-            raise ValueError(f"solver_type {config.solver_type!r} is not 'midpoint' or 'heun'")
-        if self.config.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
-            if self.config.final_sigmas_type == "zero":
-                raise ValueError(
-                    f"final_sigmas_type 'zero' needs a dpmsolver++ algorithm, not "
-                    f"{self.config.algorithm_type!r}; use 'sigma_min'"
-                )
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        total = config.num_train_timesteps
-        self.timesteps = torch.from_numpy(
-            np.linspace(0, total - 1, total, dtype=np.float32)[::-1].copy()
-        )
-        self._reset_history()
-
     def _round_karras_timesteps(self) -> bool:
         return self.config.beta_schedule != "squaredcos_cap_v2"
 
@@ -160,14 +173,9 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         else:
             sigmas, timesteps, _ = self._spaced_sigmas(timesteps, num_inference_steps)
 
-        if config.final_sigmas_type == "sigma_min":
-            ac0 = self.alphas_cumprod[0]
-            sigma_last = ((1 - ac0) / ac0) ** 0.5
-        elif config.final_sigmas_type == "zero":
-            sigma_last = 0
-        else:
-            raise ValueError("final_sigmas_type must be 'zero' or 'sigma_min'")
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
+        self.sigmas = torch.from_numpy(
+            np.concatenate([sigmas, [self._final_sigma()]]).astype(np.float32)
+        )
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
         self._reset_history()
