@@ -65,17 +65,35 @@ def _add(sizes: dict[str, int], device: str, n: int) -> None:
     sizes[device] = sizes.get(device, 0) + n
 
 
+_SCALARS = frozenset({type(None), bool, int, float})
+
+
 def _measure_into(obj: Any, sizes: dict[str, int], seen: set[int]) -> None:
-    if obj is None or isinstance(obj, (bool, int, float)):
-        _add(sizes, "cpu", 32)
+    kind = type(obj)
+    if kind in _SCALARS:  # exact-type fast paths first: most outputs are small
+        sizes["cpu"] = sizes.get("cpu", 0) + 32
         return
-    if isinstance(obj, (str, bytes)):
-        _add(sizes, "cpu", 49 + len(obj))
+    if kind is str or kind is bytes:
+        sizes["cpu"] = sizes.get("cpu", 0) + 49 + len(obj)
         return
     oid = id(obj)
     if oid in seen:
         return
     seen.add(oid)
+    if kind is dict:
+        for value in obj.values():
+            _measure_into(value, sizes, seen)
+        return
+    if kind is list or kind is tuple:
+        for value in obj:
+            _measure_into(value, sizes, seen)
+        return
+    if isinstance(obj, (bool, int, float)):
+        _add(sizes, "cpu", 32)
+        return
+    if isinstance(obj, (str, bytes)):
+        _add(sizes, "cpu", 49 + len(obj))
+        return
     own = getattr(obj, "__nbytes__", None)
     if callable(own):
         n = own()
@@ -185,7 +203,8 @@ class OutputCache:
         """Store `entry` (measuring it unless sizes are given), evicting least recently used
         entries on each device over budget. Returns False if it alone exceeds a budget."""
         if not entry.sizes:
-            entry.sizes = measure((entry.outputs, entry.ui, entry.files))
+            entry.sizes = measure((entry.outputs, entry.ui, entry.files)
+                                  if entry.ui or entry.files else entry.outputs)
             entry.sizes["cpu"] = entry.sizes.get("cpu", 0) + ENTRY_OVERHEAD
         with self._lock:
             for device, n in entry.sizes.items():

@@ -193,20 +193,28 @@ class Executor:
 
         emit({"type": "queued", "nodes": order})
         emit({"type": "run_started", "nodes": order})
+        roots = set(targets) if targets else {n for n in order
+                                              if prepared[n].definition.output_node}
+        hits, to_run = self._lookup(order, prepared, sigs, roots)
         workflow_dict = wf.to_dict()
         values = result.outputs
+        # How many nodes still to run read each node's outputs: on out-of-memory, outputs
+        # nobody needs any more are dropped along with the cache.
+        pending: dict[str, int] = dict.fromkeys(order, 0)
+        for nid in to_run:
+            for _, src, _ in prepared[nid].links:
+                pending[src] += 1
+
+        def free_memory() -> None:
+            self.cache.free()
+            for done in [n for n in values if pending[n] == 0 and n not in roots]:
+                del values[done]
+            _release_device_memory()
+
         for nid in order:
             prep = prepared[nid]
             d = prep.definition
-            if interrupt.is_set():
-                result.interrupted = True
-                emit({"type": "interrupted", "node": nid, "node_type": d.name})
-                break
-            sig = sigs[nid]
-            entry = self.cache.get(sig)
-            if entry is not None and entry.files and not all(map(os.path.exists, entry.files)):
-                self.cache.discard(sig)  # an output file was deleted: make it again
-                entry = None
+            entry = hits.get(nid)
             if entry is not None:
                 values[nid] = entry.outputs
                 result.cached.append(nid)
@@ -214,15 +222,22 @@ class Executor:
                 emit({"type": "node_cached", "node": nid, "node_type": d.name,
                       "ui": entry.ui})
                 continue
+            if nid not in to_run:
+                continue  # not cached, but nothing that has to run needs it
+            if interrupt.is_set():
+                result.interrupted = True
+                emit({"type": "interrupted", "node": nid, "node_type": d.name})
+                break
             kwargs = prep.literals.copy()
             for name, src, out in prep.links:
                 kwargs[name] = values[src][out]
+                pending[src] -= 1
             if d.output_node:
                 output_dir.mkdir(parents=True, exist_ok=True)
             outcome = self._execute(nid, d, kwargs, emit, interrupt, output_dir,
-                                    workflow_dict)
+                                    workflow_dict, free_memory)
             if isinstance(outcome, CacheEntry):
-                self.cache.put(sig, outcome)
+                self.cache.put(sigs[nid], outcome)
                 values[nid] = outcome.outputs
                 result.executed.append(nid)
                 self._collect(result, nid, outcome.ui, outcome.files)
@@ -244,6 +259,27 @@ class Executor:
         emit(finished)
         return result
 
+    def _lookup(self, order: list[str], prepared: dict[str, _Prepared], sigs: dict[str, str],
+                roots: set[str]) -> tuple[dict[str, CacheEntry], set[str]]:
+        """Walk the plan from the outputs back: a node runs only if it is not cached and a
+        node that runs (or a root) needs it, so an evicted model loader is not reloaded
+        just because something behind it is still cached."""
+        hits: dict[str, CacheEntry] = {}
+        required = set(roots)
+        to_run: set[str] = set()
+        for nid in reversed(order):
+            sig = sigs[nid]
+            entry = self.cache.get(sig)
+            if entry is not None and entry.files and not all(map(os.path.exists, entry.files)):
+                self.cache.discard(sig)  # an output file was deleted: make it again
+                entry = None
+            if entry is not None:
+                hits[nid] = entry
+            elif nid in required:
+                to_run.add(nid)
+                required.update(src for _, src, _ in prepared[nid].links)
+        return hits, to_run
+
     @staticmethod
     def _collect(result: RunResult, nid: str, ui: dict[str, Any], files: list[str]) -> None:
         if ui:
@@ -253,8 +289,8 @@ class Executor:
 
     def _execute(self, nid: str, d: NodeDef, kwargs: dict[str, Any],
                  emit: Callable[[Event], None], interrupt: threading.Event,
-                 output_dir: Path, workflow_dict: dict[str, Any]
-                 ) -> CacheEntry | dict[str, Any] | None:
+                 output_dir: Path, workflow_dict: dict[str, Any],
+                 free_memory: Callable[[], None]) -> CacheEntry | dict[str, Any] | None:
         """Run one node. Returns its entry, an error dict, or None when interrupted."""
         node_type = d.name
 
@@ -275,8 +311,7 @@ class Executor:
             except Exception as exc:  # noqa: BLE001 - any node failure becomes an event
                 if attempt == 1 and is_out_of_memory(exc):
                     del exc
-                    self.cache.free()
-                    _release_device_memory()
+                    free_memory()
                     continue
                 error = {"node": nid, "node_type": node_type,
                          "exception_type": type(exc).__name__, "message": str(exc),

@@ -150,12 +150,30 @@ def test_workflows_sharing_a_prefix_reuse_it(reg: Registry, tmp_path: Path) -> N
 def test_eviction_under_a_tiny_budget(reg: Registry, tmp_path: Path) -> None:
     cache = OutputCache({"cpu": 300})  # room for about two small entries
     ex = Executor(reg, cache)
-    result = ex.run(chain(), output_dir=tmp_path)
-    assert result.ok and cache.evictions > 0
+    first = ex.run(chain(), output_dir=tmp_path)
+    assert first.ok and cache.evictions > 0
     assert cache.used()["cpu"] <= 300 and 1 <= len(cache) < 6
+    kept = {n for n, sig in first.signatures.items() if sig in cache}
+    assert "3" not in kept  # the least recently used went first
     again = ex.run(chain(), output_dir=tmp_path)
-    assert again.ok and again.executed  # evicted nodes run again
-    assert again.outputs["3"] == {"low": 11, "high": 13}
+    assert again.ok and set(again.cached) == kept and again.ui == first.ui
+    redo = ex.run(chain(), targets=["3"], output_dir=tmp_path)
+    assert "3" in redo.executed and redo.outputs["3"] == {"low": 11, "high": 13}
+
+
+def test_evicted_ancestors_of_cached_outputs_are_not_recomputed(reg: Registry,
+                                                               tmp_path: Path) -> None:
+    ex = Executor(reg)
+    first = ex.run(chain(), output_dir=tmp_path)
+    for nid in ("1", "2", "3"):
+        ex.cache.discard(first.signatures[nid])
+    again = ex.run(chain(), output_dir=tmp_path)
+    assert again.executed == [] and again.cached == ["4", "5", "6"]
+    changed = chain()
+    changed.nodes["4"]["inputs"]["suffix"] = "!"
+    third = ex.run(changed, output_dir=tmp_path)
+    assert third.executed == ["1", "4", "6"] and third.cached == ["5"]
+    assert third.ui["6"] == {"text": ["n=2!"]}
 
 
 def test_output_node_files_are_reported_when_cached(reg: Registry, tmp_path: Path) -> None:
