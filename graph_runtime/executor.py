@@ -3,8 +3,10 @@
 Each node's signature is a Merkle hash of its type and version, its literal inputs (widget
 defaults filled in, so leaving a value at its default and writing it out sign the same),
 the signatures and output names of what is linked into it, a fingerprint from nodes that
-read files, and for output nodes the output folder. Equal signature means equal result,
-so the cache is shared by every run and every workflow this executor sees.
+read files (called with the node's literal inputs), and for output nodes the output
+folder. Equal signature means equal result, so the cache is shared by every run and every
+workflow this executor sees. The plan is walked from the outputs back: a node runs only
+when it is not cached and something that has to run needs it.
 
 Failure modes are part of the contract: a node that raises ends the run with an `error`
 event and `RunResult.error` while everything finished before it stays cached; raising
@@ -48,6 +50,10 @@ class WorkflowInvalid(Exception):
 
 @dataclass
 class RunResult:
+    """What a run did. `outputs` holds the values of every node executed or taken from the
+    cache; uncached nodes that nothing needed were skipped and are absent. `signatures`
+    covers the whole plan (handy for checking what the cache holds)."""
+
     ok: bool = True
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
