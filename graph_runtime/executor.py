@@ -304,7 +304,8 @@ class Executor:
             emit({"type": kind, "node_type": node_type, **data})
 
         emit({"type": "node_started", "node": nid, "node_type": node_type})
-        for attempt in (1, 2):
+        retried = False
+        while True:
             ctx = RunContext(nid, node_type, output_dir, workflow_dict, interrupt, ctx_emit)
             t0 = time.perf_counter()
             token = activate(ctx)
@@ -315,7 +316,8 @@ class Executor:
                 emit({"type": "interrupted", "node": nid, "node_type": node_type})
                 return None
             except Exception as exc:  # noqa: BLE001 - any node failure becomes an event
-                if attempt == 1 and is_out_of_memory(exc):
+                if not retried and is_out_of_memory(exc):
+                    retried = True  # once: a second out-of-memory error is reported
                     del exc
                     free_memory()
                     continue
@@ -331,4 +333,3 @@ class Executor:
             emit({"type": "node_finished", "node": nid, "node_type": node_type,
                   "seconds": seconds, "ui": ctx.ui})
             return CacheEntry(outputs, ctx.ui, ctx.files, node_type=node_type)
-        raise AssertionError("unreachable: the second attempt always returns")
