@@ -1,0 +1,237 @@
+"""Finding and loading models: diffusers folders, single files and Hugging Face ids.
+
+A *source* is a folder, a single checkpoint file, a name under the models directory, or an
+``org/name`` id looked up in the Hugging Face cache. A name under the models directory wins
+over a hub id of the same spelling, so a local copy always shadows the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .clip import load_text_encoder, load_tokenizer
+from .devices import pick_device, pick_dtype
+from .hub import ModelNotFoundError, looks_like_repo_id, snapshot
+from .single_file import SD1_SCHEDULER, VAE_PREFIX, load_single_file, split_prefix, vae_from_ldm
+from .storage import WeightsError, build_from_state, find_weights, read_weights
+from .unet import UNet2DConditionModel
+from .unet2d import UNet2DModel
+from .vae import AutoencoderKL
+
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_UNET_CLASSES: dict[str, type[UNet2DConditionModel] | type[UNet2DModel]] = {
+    "UNet2DConditionModel": UNet2DConditionModel,
+    "UNet2DModel": UNet2DModel,
+}
+
+
+@dataclass
+class Components:
+    """What a loaded pipeline consists of; ``kind`` is ``"sd"`` (text-to-image in latent
+    space) or ``"unet2d"`` (unconditional pixel-space DDPM: no text encoder, no VAE)."""
+
+    tokenizer: CLIPTokenizer | None
+    text_encoder: CLIPTextModel | None
+    unet: UNet2DConditionModel | UNet2DModel
+    vae: AutoencoderKL | None
+    scheduler_config: dict[str, Any] | None
+    source: str
+    kind: str
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("NOODLE_MODELS_DIR", "models"))
+
+
+def list_models(models_dir: str | Path | None = None) -> list[str]:
+    """Names a loader can be given: diffusers folders (with model_index.json) and
+    ``.safetensors``/``.ckpt`` files, at the top level or one folder down."""
+    root = Path(models_dir) if models_dir is not None else default_models_dir()
+    if not root.is_dir():
+        return []
+    names: list[str] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and (entry / "model_index.json").is_file():
+            names.append(entry.name)
+        elif entry.is_file() and entry.suffix in WEIGHT_FILE_SUFFIXES:
+            names.append(entry.name)
+        elif entry.is_dir() and not (entry / "config.json").exists():
+            for child in sorted(entry.iterdir()):
+                if child.is_dir() and (child / "model_index.json").is_file():
+                    names.append(f"{entry.name}/{child.name}")
+                elif child.is_file() and child.suffix in WEIGHT_FILE_SUFFIXES:
+                    names.append(f"{entry.name}/{child.name}")
+    return names
+
+
+def resolve_source(source: str | Path, models_dir: str | Path | None = None) -> Path:
+    """The local folder or file a source names (see the module docstring for the order)."""
+    text = str(source).strip()
+    if not text:
+        raise ModelNotFoundError("no model source given")
+    root = Path(models_dir) if models_dir is not None else default_models_dir()
+    literal = Path(text).expanduser()
+    if not literal.is_absolute() and (root / text).exists():
+        return root / text
+    if literal.exists():
+        return literal
+    if looks_like_repo_id(text):
+        return snapshot(text)
+    available = ", ".join(list_models(root)) or "none"
+    raise ModelNotFoundError(
+        f"model {text!r} not found: not a file or folder, not under {root} "
+        f"(available there: {available}), and not an org/name id"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: unreadable JSON ({exc})") from exc
+
+
+def _component_dir(folder: Path, name: str) -> Path | None:
+    """``folder/name`` when present; DDPM repositories keep their only model at the root."""
+    if (folder / name / "config.json").is_file():
+        return folder / name
+    if name == "unet" and (folder / "config.json").is_file():
+        return folder
+    return None
+
+
+def load_model_folder(
+    folder: Path, cls: type, dtype: torch.dtype | None, device: torch.device | str
+) -> Any:
+    """A diffusers model folder (config.json + diffusion_pytorch_model weights)."""
+    config = _read_json(folder / "config.json")
+    declared = config.get("_class_name")
+    if declared and declared != cls.__name__:
+        raise WeightsError(f"{folder}: holds a {declared}, expected a {cls.__name__}")
+    weights = find_weights(folder, ("diffusion_pytorch_model",))
+    return build_from_state(lambda: cls(config), read_weights(weights), dtype, device,
+                            f"{folder.name} ({cls.__name__})")
+
+
+def _vae_dtype(requested: str | torch.dtype, dtype: torch.dtype, config: dict[str, Any]) -> (
+        torch.dtype):
+    """With ``dtype="auto"``, a VAE whose config sets ``force_upcast`` stays in fp32 when
+    the rest runs in fp16: SD's VAE overflows in fp16 (diffusers upcasts it the same way)."""
+    if requested == "auto" and dtype == torch.float16 and config.get("force_upcast", True):
+        return torch.float32
+    return dtype
+
+
+def _scheduler_config(folder: Path) -> dict[str, Any] | None:
+    for candidate in (folder / "scheduler" / "scheduler_config.json",
+                      folder / "scheduler_config.json"):
+        if candidate.is_file():
+            return _read_json(candidate)
+    return None
+
+
+def _unet_class_name(folder: Path, unet_dir: Path) -> str:
+    index = (folder / "model_index.json")
+    if index.is_file():
+        entry = _read_json(index).get("unet")
+        if isinstance(entry, list) and len(entry) == 2 and entry[1]:
+            return str(entry[1])
+    return str(_read_json(unet_dir / "config.json").get("_class_name", "UNet2DConditionModel"))
+
+
+def _load_folder(folder: Path, dtype_name: str | torch.dtype, device: torch.device,
+                 dtype: torch.dtype, source: str) -> Components:
+    unet_dir = _component_dir(folder, "unet")
+    if unet_dir is None:
+        raise WeightsError(f"{folder}: no unet/ folder with a config.json; not a pipeline")
+    class_name = _unet_class_name(folder, unet_dir)
+    if class_name not in _UNET_CLASSES:
+        raise WeightsError(f"{folder}: unsupported UNet class {class_name!r}; "
+                           f"supported: {sorted(_UNET_CLASSES)}")
+    unet = load_model_folder(unet_dir, _UNET_CLASSES[class_name], dtype, device)
+    scheduler_config = _scheduler_config(folder)
+    if class_name == "UNet2DModel":
+        return Components(None, None, unet, None, scheduler_config, source, "unet2d")
+    vae_dir = _component_dir(folder, "vae")
+    vae = None
+    if vae_dir is not None:
+        vae_config = _read_json(vae_dir / "config.json")
+        vae = load_model_folder(vae_dir, AutoencoderKL, _vae_dtype(dtype_name, dtype, vae_config),
+                                device)
+    text_dir = _component_dir(folder, "text_encoder")
+    text_encoder = load_text_encoder(text_dir, dtype, device) if text_dir is not None else None
+    tokenizer = None
+    if (folder / "tokenizer").is_dir():
+        tokenizer = load_tokenizer(folder / "tokenizer")
+    elif text_encoder is not None:
+        tokenizer = load_tokenizer()
+    return Components(tokenizer, text_encoder, unet, vae, scheduler_config, source, "sd")
+
+
+def load_pipeline(
+    source: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    models_dir: str | Path | None = None,
+) -> Components:
+    """Load every component of a pipeline from any kind of source, ready for inference."""
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    path = resolve_source(source, models_dir)
+    if path.is_file():
+        parts = load_single_file(path, torch_dtype, dev,
+                                 vae_dtype=_vae_dtype(dtype, torch_dtype, {}))
+        return Components(parts.tokenizer, parts.text_encoder, parts.unet, parts.vae,
+                          parts.scheduler_config, str(source), "sd")
+    return _load_folder(path, dtype, dev, torch_dtype, str(source))
+
+
+def load_vae(
+    source: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    models_dir: str | Path | None = None,
+) -> AutoencoderKL:
+    """A VAE on its own (to swap in a better one): a pipeline folder's ``vae/``, a VAE
+    folder, or a single file in the LDM layout (whole checkpoint or VAE-only)."""
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    path = resolve_source(source, models_dir)
+    if path.is_file():
+        state = read_weights(path)
+        if any(k.startswith(VAE_PREFIX) for k in state):
+            state = {f"{VAE_PREFIX}{k}": v for k, v in split_prefix(state, VAE_PREFIX).items()}
+        else:
+            state = {f"{VAE_PREFIX}{k}": v for k, v in state.items()}
+        vae = vae_from_ldm(state, _vae_dtype(dtype, torch_dtype, {}), dev)
+        if vae is None:
+            raise WeightsError(f"{path}: contains no VAE weights")
+        return vae
+    vae_dir = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (vae_dir / "config.json").is_file():
+        raise WeightsError(f"{path}: no VAE config.json found (in vae/ or at the top)")
+    config = _read_json(vae_dir / "config.json")
+    return load_model_folder(vae_dir, AutoencoderKL, _vae_dtype(dtype, torch_dtype, config), dev)
+
+
+def load_scheduler_config(source: str | Path, models_dir: str | Path | None = None) -> (
+        dict[str, Any]):
+    """The scheduler config a pipeline was trained with (SD1.x's for single files)."""
+    path = resolve_source(source, models_dir)
+    if path.is_file():
+        return dict(SD1_SCHEDULER)
+    config = _scheduler_config(path)
+    if config is None:
+        raise WeightsError(f"{path}: no scheduler/scheduler_config.json")
+    return config

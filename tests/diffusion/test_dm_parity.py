@@ -1,0 +1,166 @@
+"""Our UNets and VAE against diffusers on identical weights (fp32, 1e-5 relative)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from dm_helpers import UNET2D_CONFIGS, UNET_COND_CONFIGS, VAE_CONFIGS, rel_err
+
+from nodes.diffusion.checkpoints import load_model_folder
+from nodes.diffusion.unet import UNet2DConditionModel
+from nodes.diffusion.unet2d import UNet2DModel
+from nodes.diffusion.vae import AutoencoderKL
+
+TOL = 1e-5
+
+
+def _saved(model: torch.nn.Module, tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(UNET_COND_CONFIGS))
+def test_unet_condition_matches_diffusers(name: str, tmp_path: Path) -> None:
+    import diffusers
+
+    cfg = UNET_COND_CONFIGS[name]
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(**cfg).eval()
+    ours = load_model_folder(_saved(ref, tmp_path), UNet2DConditionModel, None, "cpu")
+    assert dict(ours.config)["block_out_channels"] == tuple(cfg["block_out_channels"])
+    gen = torch.Generator().manual_seed(1)
+    c_in = cfg.get("in_channels", 4)
+    # One size divisible by the UNet's downsampling factor and one that is not.
+    for size in ((16, 16), (13, 11)):
+        x = torch.randn(2, c_in, *size, generator=gen)
+        ctx = torch.randn(2, 7, cfg["cross_attention_dim"], generator=gen)
+        t = torch.tensor([3, 801])
+        with torch.no_grad():
+            expected = ref(x, t, ctx).sample
+            got = ours(x, t, ctx)
+        assert got.shape == expected.shape
+        assert rel_err(got, expected) < TOL
+    with torch.no_grad():  # scalar timestep, sliced attention
+        ours.set_attention_slice("max")
+        assert rel_err(ours(x, 500, ctx), ref(x, 500, ctx).sample) < TOL
+        ours.set_attention_slice(3)
+        assert rel_err(ours(x, 500.0, ctx), ref(x, 500.0, ctx).sample) < TOL
+
+
+@pytest.mark.parametrize("name", sorted(UNET2D_CONFIGS))
+def test_unet2d_matches_diffusers(name: str, tmp_path: Path) -> None:
+    import diffusers
+
+    cfg = UNET2D_CONFIGS[name]
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DModel(**cfg).eval()
+    ours = load_model_folder(_saved(ref, tmp_path), UNet2DModel, None, "cpu")
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, cfg.get("in_channels", 3), 16, 16, generator=gen)
+    for t in (torch.tensor([10, 990]), 500):
+        with torch.no_grad():
+            assert rel_err(ours(x, t), ref(x, t).sample) < TOL
+
+
+@pytest.mark.parametrize("name", sorted(VAE_CONFIGS))
+def test_vae_matches_diffusers(name: str, tmp_path: Path) -> None:
+    import diffusers
+
+    cfg = VAE_CONFIGS[name]
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKL(**cfg).eval()
+    ours = load_model_folder(_saved(ref, tmp_path), AutoencoderKL, None, "cpu")
+    assert ours.config["scaling_factor"] == ref.config.scaling_factor
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, cfg.get("in_channels", 3), 32, 32, generator=gen)
+    z = torch.randn(2, cfg["latent_channels"], 8, 8, generator=gen)
+    with torch.no_grad():
+        dist_ref = ref.encode(x).latent_dist
+        dist = ours.encode(x)
+        assert rel_err(dist.mean, dist_ref.mean) < TOL
+        assert rel_err(dist.logvar, dist_ref.logvar) < TOL
+        assert torch.equal(dist.mode(), dist.mean)
+        sample = dist.sample(torch.Generator().manual_seed(7))
+        sample_ref = dist_ref.sample(torch.Generator().manual_seed(7))
+        assert rel_err(sample, sample_ref) < TOL
+        assert rel_err(ours.decode(z), ref.decode(z).sample) < TOL
+
+
+def test_vae_slicing_and_tiling_match_diffusers(tmp_path: Path) -> None:
+    import diffusers
+
+    cfg = dict(VAE_CONFIGS["sd_like"], sample_size=16)
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKL(**cfg).eval()
+    ours = load_model_folder(_saved(ref, tmp_path), AutoencoderKL, None, "cpu")
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 4, 19, 14, generator=gen)   # several overlapping 8x8 latent tiles
+    x = torch.randn(2, 3, 40, 28, generator=gen)
+    with torch.no_grad():
+        plain = ours.decode(z)
+        ours.enable_slicing()
+        ref.enable_slicing()
+        assert rel_err(ours.decode(z), plain) < TOL
+        ours.enable_tiling()
+        ref.enable_tiling()
+        tiled = ours.decode(z)
+        assert tiled.shape == plain.shape
+        assert rel_err(tiled, ref.decode(z).sample) < TOL
+        assert rel_err(tiled, plain) > 1e-3  # tiling really happened
+        enc = ours.encode(x).mean
+        assert rel_err(enc, ref.encode(x).latent_dist.mean) < TOL
+        ours.disable_tiling()
+        ours.disable_slicing()
+        assert rel_err(ours.decode(z), plain) < TOL
+
+
+def test_models_train_with_autograd() -> None:
+    """Gradients equal diffusers'; checkpointing changes memory, not results."""
+    import diffusers
+
+    cfg = UNET_COND_CONFIGS["sd2_like"]
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(**cfg)
+    ours = UNet2DConditionModel(dict(ref.config))
+    ours.load_state_dict(ref.state_dict())
+    gen = torch.Generator().manual_seed(5)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 5, 48, generator=gen)
+    ref(x, 10, ctx).sample.square().mean().backward()
+    ours(x, 10, ctx).square().mean().backward()
+    ref_grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        assert p.grad is not None, name
+        assert rel_err(p.grad, ref_grads[name].grad) < 1e-4, name
+    first = {n: p.grad.clone() for n, p in ours.named_parameters()}
+    ours.zero_grad()
+    ours.enable_gradient_checkpointing()
+    ours.train()
+    ours(x, 10, ctx).square().mean().backward()
+    assert all(rel_err(p.grad, first[n]) < 1e-4 for n, p in ours.named_parameters())
+
+    vae = AutoencoderKL(VAE_CONFIGS["sd_like"])
+    opt = torch.optim.SGD(vae.parameters(), lr=0.1)
+    img = torch.randn(1, 3, 16, 16)
+    loss = (vae(img, sample_posterior=True) - img).square().mean()
+    loss.backward()
+    before = vae.decoder.conv_out.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, vae.decoder.conv_out.weight)
+
+
+def test_config_is_frozen_and_has_diffusers_defaults() -> None:
+    unet = UNet2DConditionModel(UNET_COND_CONFIGS["sd1_like"])
+    assert unet.config["flip_sin_to_cos"] is True and unet.config.freq_shift == 0
+    assert unet.in_channels == 4 and unet.dtype == torch.float32
+    assert unet.device.type == "cpu"
+    with pytest.raises(TypeError):
+        unet.config["in_channels"] = 3  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        unet.config.in_channels = 3
+    with pytest.raises(ValueError, match="addition_embed_type"):
+        UNet2DConditionModel(dict(UNET_COND_CONFIGS["sd1_like"], addition_embed_type="text_time"))
+    with pytest.raises(ValueError, match="slice_size"):
+        unet.set_attention_slice("sometimes")
