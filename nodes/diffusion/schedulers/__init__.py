@@ -20,6 +20,7 @@ from .base import (
 )
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .deis import DEISMultistepScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
@@ -27,6 +28,7 @@ from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .unipc import UniPCMultistepScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.__name__: cls
@@ -42,6 +44,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         KDPM2AncestralDiscreteScheduler,
         DPMSolverMultistepScheduler,
         DPMSolverSinglestepScheduler,
+        DEISMultistepScheduler,
+        UniPCMultistepScheduler,
     )
 }
 
