@@ -1,0 +1,180 @@
+"""The canvas in headless Chromium: loading, adding and wiring nodes, widgets, running the
+default workflow, dropping a saved PNG, error badges."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+
+def summary(page: Any) -> list[dict]:
+    return page.evaluate("window.noodle.editor.summary()")
+
+
+def types(page: Any) -> list[str]:
+    return sorted(n["type"] for n in summary(page))
+
+
+def new_graph(page: Any) -> None:
+    page.click("#workflow-button")
+    page.click("[data-action=new]")
+    assert summary(page) == []
+
+
+def drag(page: Any, a: list[float], b: list[float]) -> None:
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, steps=4)
+    page.mouse.move(*b, steps=4)
+    page.mouse.up()
+
+
+def test_page_loads_default_workflow_without_console_errors(page: Any, server: Any) -> None:
+    expected = sorted(n["type"] for n in server.default_workflow["nodes"].values())
+    assert types(page) == expected
+    assert page.text_content("#workflow-name").startswith("txt2img")
+    assert page.locator(".palette-item").count() >= 6
+    headers = page.request.get(server.url + "/").headers
+    assert "script-src 'self'" in headers["content-security-policy"]
+    page.wait_for_timeout(300)
+    assert page.problems == []
+
+
+def test_add_nodes_from_palette_and_search(page: Any) -> None:
+    new_graph(page)
+    page.fill(".palette-filter", "numb")
+    assert page.locator(".palette-item[data-type=Add]").is_hidden()
+    page.click(".palette-item[data-type=Number]")
+    assert types(page) == ["Number"]
+    page.fill(".palette-filter", "")
+    box = page.locator("#graph").bounding_box()
+    page.mouse.dblclick(box["x"] + box["width"] - 200, box["y"] + box["height"] - 150)
+    page.wait_for_selector(".litesearchbox input")
+    page.keyboard.type("ShowInt")
+    page.wait_for_selector(".litesearchbox .helper > *")
+    page.keyboard.press("Enter")
+    assert types(page) == ["Number", "ShowInt"]
+    assert page.problems == []
+
+
+def test_valid_link_connects_and_wrong_type_is_refused(page: Any) -> None:
+    new_graph(page)
+    ed = "window.noodle.editor"
+    num = page.evaluate(f"{ed}.addNode('Number', [80, 60])")
+    grad = page.evaluate(f"{ed}.addNode('Gradient', [80, 260])")
+    add = page.evaluate(f"{ed}.addNode('Add', [480, 120])")
+    src = page.evaluate(f"{ed}.slotPosition('{num}', 'value', false)")
+    dst = page.evaluate(f"{ed}.slotPosition('{add}', 'a', true)")
+    drag(page, src, dst)
+    links = {n["id"]: n["links"] for n in summary(page)}
+    assert links[add] == ["a"]
+    doc = page.evaluate(f"{ed}.serialize()")
+    assert doc["nodes"][add]["inputs"]["a"] == {"from": num, "output": "value"}
+    page.evaluate(f"{ed}.graph.getNodeById({add}).disconnectInput(0)")
+    img = page.evaluate(f"{ed}.slotPosition('{grad}', 'image', false)")
+    drag(page, img, dst)
+    assert {n["id"]: n["links"] for n in summary(page)}[add] == []
+    assert page.evaluate(f"{ed}.connect('{grad}', 'image', '{add}', 'a')") is False
+    assert page.evaluate(f"{ed}.connect('{num}', 'value', '{add}', 'a')") is True
+    page.keyboard.press("Escape")
+    assert page.problems == []
+
+
+def test_widget_edit_changes_the_saved_workflow(page: Any) -> None:
+    new_graph(page)
+    ed = "window.noodle.editor"
+    num = page.evaluate(f"{ed}.addNode('Number', [120, 120])")
+    page.wait_for_timeout(100)  # one frame, so widget positions are laid out
+    more = page.evaluate(f"{ed}.widgetPosition('{num}', 'value', 'more')")
+    page.mouse.click(*more)
+    page.mouse.click(*more)
+    assert page.evaluate(f"{ed}.serialize()")["nodes"][num]["inputs"]["value"] == 5
+    page.mouse.click(*page.evaluate(f"{ed}.widgetPosition('{num}', 'value')"))
+    page.wait_for_selector(".graphdialog input")
+    page.fill(".graphdialog input", "42")
+    page.keyboard.press("Enter")
+    assert page.evaluate(f"{ed}.serialize()")["nodes"][num]["inputs"]["value"] == 42
+    assert page.problems == []
+
+
+def wait_output_image(page: Any, node_id: str, timeout_ms: int = 60000) -> list[dict]:
+    page.wait_for_function(
+        f"() => window.noodle.editor.outputImages('{node_id}').some(i => i.loaded)",
+        timeout=timeout_ms)
+    return page.evaluate(f"window.noodle.editor.outputImages('{node_id}')")
+
+
+def save_node_of(workflow: dict) -> str:
+    return next(nid for nid, nd in workflow["nodes"].items()
+                if nd["type"] in ("SaveImage", "SavePicture"))
+
+
+def test_default_workflow_runs_and_shows_its_image(page: Any, server: Any) -> None:
+    save_id = save_node_of(server.default_workflow)
+    seed_before = page.evaluate("window.noodle.editor.serialize()")
+    page.click("#graph")
+    page.keyboard.press("Control+Enter")
+    images = wait_output_image(page, save_id)
+    assert "/api/view?filename=" in images[0]["src"]
+    png = page.request.get(images[0]["src"])
+    assert png.status == 200 and png.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(png.body())) as img:
+        assert json.loads(img.text["workflow"])["nodes"].keys() == seed_before["nodes"].keys()
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.startsWith('Done')")
+    assert page.problems == []
+
+
+def test_dropping_a_saved_png_brings_its_workflow_back(page: Any, server: Any) -> None:
+    ed = "window.noodle.editor"
+    original = page.evaluate(f"{ed}.serialize()")
+    page.keyboard.press("Control+Enter")
+    src = wait_output_image(page, save_node_of(original))[0]["src"]
+    new_graph(page)
+    page.evaluate("""async (src) => {
+        const blob = await (await fetch(src)).blob();
+        const dt = new DataTransfer();
+        dt.items.add(new File([blob], "render.png", {type: "image/png"}));
+        document.querySelector("#graph").dispatchEvent(new DragEvent("drop",
+            {dataTransfer: dt, bubbles: true, cancelable: true, clientX: 600, clientY: 300}));
+    }""", src)
+    page.wait_for_function(f"() => {ed}.summary().length > 0")
+    restored = page.evaluate(f"{ed}.serialize()")
+    assert restored["nodes"].keys() == original["nodes"].keys()
+    for nid, nd in original["nodes"].items():
+        assert restored["nodes"][nid]["type"] == nd["type"]
+        links = {k: v for k, v in nd["inputs"].items() if isinstance(v, dict)}
+        assert {k: v for k, v in restored["nodes"][nid]["inputs"].items()
+                if isinstance(v, dict)} == links
+
+
+def test_invalid_workflow_shows_error_badges(page: Any) -> None:
+    ed = "window.noodle.editor"
+    bad = {"format": "noodle.workflow", "version": 1, "name": "broken", "nodes": {
+        "1": {"type": "Gradient", "inputs": {"size": 4000},
+              "ui": {"pos": [100, 140], "size": [300, 300]}},
+        "2": {"type": "ShowInt", "inputs": {"value": {"from": "1", "output": "image"}},
+              "ui": {"pos": [520, 140], "size": [260, 120]}}}}
+    page.evaluate("(doc) => window.noodle.loadDoc(doc, {fit: false})", bad)
+    assert page.evaluate(f"{ed}.serialize()")["nodes"]["2"]["inputs"]["value"] == \
+        {"from": "1", "output": "image"}  # the unconnectable link is kept as written
+    page.click("#queue")
+    page.wait_for_selector("#messages li")
+    e1 = page.evaluate(f"{ed}.errorsOf('1')")
+    e2 = page.evaluate(f"{ed}.errorsOf('2')")
+    assert [(e["input"], e["code"]) for e in e1] == [("size", "value_out_of_range")]
+    assert [(e["input"], e["code"]) for e in e2] == [("value", "type_mismatch")]
+    assert page.locator("#messages li[data-node='1'][data-input=size]").count() == 1
+    # The badge is drawn above node 1's title: sample its pixels for the error red.
+    page.wait_for_timeout(150)
+    x, y = page.evaluate(f"{ed}.badgePosition('1')")
+    shot = page.screenshot(clip={"x": x + 2, "y": y - 2, "width": 30, "height": 4})
+    with Image.open(io.BytesIO(shot)) as img:
+        r, g, b = img.convert("RGB").resize((1, 1)).getpixel((0, 0))
+    assert r > 180 and g < 110, (r, g, b)
