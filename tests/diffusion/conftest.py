@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dm_helpers import SF_UNET, SF_VAE
+from dm_helpers import SF_UNET, SF_VAE, tiny_text_config
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -18,16 +18,6 @@ torch.set_num_threads(1)
 class TinySD:
     folder: Path
     pipe: object  # diffusers.StableDiffusionPipeline
-
-
-def tiny_text_config():  # noqa: ANN201 - transformers type
-    from transformers import CLIPTextConfig
-
-    # hidden 64 -> one 64-wide head, the convention single files are read with.
-    return CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=96,
-                          num_hidden_layers=2, num_attention_heads=1,
-                          max_position_embeddings=77, hidden_act="quick_gelu",
-                          bos_token_id=998, eos_token_id=999, pad_token_id=999)
 
 
 @pytest.fixture(scope="session")

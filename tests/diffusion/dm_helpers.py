@@ -72,6 +72,16 @@ SF_UNET = dict(
 SF_VAE = VAE_CONFIGS["sd_like"]
 
 
+def tiny_text_config():  # noqa: ANN201 - transformers type
+    from transformers import CLIPTextConfig
+
+    # hidden 64 -> one 64-wide head, the convention single files are read with.
+    return CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=96,
+                          num_hidden_layers=2, num_attention_heads=1,
+                          max_position_embeddings=77, hidden_act="quick_gelu",
+                          bos_token_id=998, eos_token_id=999, pad_token_id=999)
+
+
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """Max absolute difference relative to the reference's largest magnitude."""
     scale = ref.float().abs().max().clamp_min(1e-12)
