@@ -1,0 +1,119 @@
+"""Starting samples and the VAE crossings: noise, encode, decode, pixels to images.
+
+Randomness follows the seeds' "one generator per image" recipe: image i of a batch draws
+from its own CPU generator seeded `seed + i`, so any single image can be re-made alone
+(batch 1, seed + i) and results do not depend on the device. The generators' states travel
+with the Latent, so the next node (Denoise) continues the same streams a single diffusers
+pipeline call would use — img2img's VAE sample, its noise and ancestral steps included.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graph_runtime.nodes import Int, Seed, node
+from nodes.diffusion.schedulers.schedule import randn
+from nodes.previews import fit_projection
+from nodes.text import require
+from nodes.types import VAE, Image, Latent, UNet, generator_states, new_generators
+
+SIZE = dict(min=8, max=8192, step=8)
+
+
+def _check_size(node_type: str, width: int, height: int, factor: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value % factor:
+            raise ValueError(f"{node_type}: {name} {value} must be a multiple of {factor} "
+                             "(the VAE's downsampling factor)")
+
+
+@node("RandomLatents", category="latent", output="latents", display_name="Random Latents")
+def random_latents(
+    unet: UNet,
+    vae: VAE,
+    width: int = Int(64, **SIZE),
+    height: int = Int(64, **SIZE),
+    batch_size: int = Int(1, min=1, max=256),
+    seed: int = Seed(0),
+) -> Latent:
+    """Gaussian latents of shape (batch, unet.in_channels, height/f, width/f), f the VAE's
+    downsampling factor; image i uses a CPU generator seeded `seed + i`."""
+    require(unet, "RandomLatents", "unet")
+    require(vae, "RandomLatents", "vae")
+    factor = vae.scale_factor
+    _check_size("RandomLatents", width, height, factor)
+    model = unet.model
+    seeds = tuple(seed + i for i in range(batch_size))
+    gens = new_generators(seeds)
+    shape = (batch_size, model.in_channels, height // factor, width // factor)
+    samples = randn(torch.Size(shape), gens, model.device, model.dtype)
+    extra = {"rgb_projection": fit_projection(vae.model, vae.scaling_factor)}
+    return Latent(samples, seeds, generator_states(gens), noise=True, extra=extra)
+
+
+@node("RandomNoise", category="latent", output="latents", display_name="Random Noise")
+def random_noise(
+    unet: UNet,
+    width: int = Int(64, min=1, max=8192),
+    height: int = Int(64, min=1, max=8192),
+    batch_size: int = Int(1, min=1, max=256),
+    seed: int = Seed(0),
+) -> Latent:
+    """Pixel-space Gaussian noise for models without a VAE (DDPM), one generator per image
+    seeded `seed + i`."""
+    require(unet, "RandomNoise", "unet")
+    model = unet.model
+    seeds = tuple(seed + i for i in range(batch_size))
+    gens = new_generators(seeds)
+    shape = (batch_size, model.in_channels, height, width)
+    samples = randn(torch.Size(shape), gens, model.device, model.dtype)
+    return Latent(samples, seeds, generator_states(gens), noise=True,
+                  extra={"pixel_space": True})
+
+
+def pixels_to_images(x: torch.Tensor) -> Image:
+    """Model-space pixels [B, C, H, W] in -1..1 -> Image [B, H, W, C] in 0..1 (float32)."""
+    x = (x / 2 + 0.5).clamp(0, 1)
+    return Image(x.cpu().permute(0, 2, 3, 1).float().contiguous())
+
+
+@node("VAEDecode", category="latent", output="images", display_name="VAE Decode")
+def vae_decode(vae: VAE, latents: Latent) -> Image:
+    """Latents to images: divide by the VAE's scaling factor, decode, map -1..1 to 0..1."""
+    require(vae, "VAEDecode", "vae")
+    model = vae.prepared()
+    p = next(model.parameters())
+    with torch.no_grad():
+        x = model.decode(latents.samples.to(p.device, p.dtype) / vae.scaling_factor)
+    return pixels_to_images(x)
+
+
+@node("VAEEncode", category="latent", output="latents", display_name="VAE Encode")
+def vae_encode(vae: VAE, images: Image, seed: int = Seed(0)) -> Latent:
+    """Images to latents: a sample of the VAE's latent distribution per image (generator
+    seeded `seed + i`), times the scaling factor. The generators continue into Denoise,
+    which draws img2img's noise from them."""
+    require(vae, "VAEEncode", "vae")
+    _check_size("VAEEncode", images.pixels.shape[2], images.pixels.shape[1], vae.scale_factor)
+    model = vae.prepared()
+    p = next(model.parameters())
+    x = images.pixels.permute(0, 3, 1, 2).to(p.device, p.dtype) * 2 - 1
+    seeds = tuple(seed + i for i in range(images.batch))
+    gens = new_generators(seeds)
+    with torch.no_grad():
+        parts = [model.encode(x[i: i + 1]).sample(gens[i]) for i in range(images.batch)]
+    samples = torch.cat(parts) * vae.scaling_factor
+    extra = {"rgb_projection": fit_projection(model, vae.scaling_factor)}
+    return Latent(samples, seeds, generator_states(gens), noise=False, extra=extra)
+
+
+@node("ToImage", category="latent", output="images", display_name="To Image")
+def to_image(latents: Latent) -> Image:
+    """Pixel-space samples (DDPM) in -1..1 to images in 0..1."""
+    x = latents.samples
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    if x.shape[1] != 3:
+        raise ValueError(f"ToImage: samples have {x.shape[1]} channels, not 3 (RGB) or 1; "
+                         "latents of a VAE model need VAEDecode")
+    return pixels_to_images(x)

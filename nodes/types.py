@@ -1,0 +1,220 @@
+"""Socket value classes: what travels along the wires between pipeline nodes.
+
+Values are immutable by convention: the executor caches every output and hands the same
+object to any later run, so a node never changes a value it received. Model wrappers hold
+the shared `nn.Module` plus per-wire options (attention slicing, VAE tiling); the options
+are applied to the module just before each use, so two branches of a graph that want
+different settings on one cached model never see each other's choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from nodes.diffusion.schedulers import scheduler_from_config
+from nodes.diffusion.unet import UNet2DConditionModel
+
+
+@dataclass(frozen=True, eq=False)
+class Tokenizer:
+    """A CLIP tokenizer (transformers). Carries no tensors, so the cache counts it as free."""
+
+    __socket__ = "TOKENIZER"
+    tokenizer: Any
+    source: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class TextEncoder:
+    """A CLIP text model; counted in the cache by its parameter bytes."""
+
+    __socket__ = "TEXT_ENCODER"
+    model: torch.nn.Module
+    source: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class UNet:
+    """A denoising UNet (`UNet2DConditionModel`, or `UNet2DModel` for pixel-space DDPM).
+
+    `attention_slice` is applied with `set_attention_slice` each time the UNet runs.
+    """
+
+    __socket__ = "UNET"
+    model: torch.nn.Module
+    source: str = ""
+    attention_slice: str | int | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the UNet takes text conditioning (has cross-attention)."""
+        return isinstance(self.model, UNet2DConditionModel)
+
+    def prepared(self) -> torch.nn.Module:
+        """The module with this wire's options applied."""
+        setter = getattr(self.model, "set_attention_slice", None)
+        if setter is not None:
+            setter(self.attention_slice)
+        return self.model
+
+    def with_options(self, **changes: Any) -> UNet:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class VAE:
+    """An `AutoencoderKL`; `tiling` / `slicing` are applied before each encode or decode."""
+
+    __socket__ = "VAE"
+    model: torch.nn.Module
+    source: str = ""
+    tiling: bool = False
+    slicing: bool = False
+
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent cell: 2 ** (number of resolution levels - 1)."""
+        return 2 ** (len(self.model.config["block_out_channels"]) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.model.config["scaling_factor"])
+
+    def prepared(self) -> torch.nn.Module:
+        model = self.model
+        model.enable_tiling() if self.tiling else model.disable_tiling()
+        model.enable_slicing() if self.slicing else model.disable_slicing()
+        return model
+
+    def with_options(self, **changes: Any) -> VAE:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class Scheduler:
+    """A scheduler *description* (class name + config), not a scheduler object.
+
+    Solvers keep state between steps (multistep history, step index), so a cached object
+    would carry one run's state into the next. `build()` makes a fresh one for every run.
+    """
+
+    __socket__ = "SCHEDULER"
+    class_name: str
+    config: dict[str, Any]
+    source: str = ""
+
+    def build(self) -> Any:
+        return scheduler_from_config(self.config, self.class_name)
+
+
+@dataclass(frozen=True, eq=False)
+class Tokens:
+    """Token ids of a batch of prompts, plus the empty prompt tokenized the same way.
+
+    The empty prompt rides along so the encoder can produce the unconditional embedding
+    that classifier-free guidance falls back to when no negative prompt is wired.
+    """
+
+    __socket__ = "TOKENS"
+    input_ids: torch.Tensor  # [N, L] int64
+    attention_mask: torch.Tensor  # [N, L]
+    uncond_ids: torch.Tensor  # [1, L]
+    uncond_mask: torch.Tensor  # [1, L]
+    prompts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """Text embeddings `[N, L, D]` of N prompts and the empty prompt's embedding `[1, L, D]`."""
+
+    __socket__ = "CONDITIONING"
+    embeds: torch.Tensor
+    uncond: torch.Tensor | None = None
+    prompts: tuple[str, ...] = ()
+
+    @property
+    def batch(self) -> int:
+        return int(self.embeds.shape[0])
+
+
+def new_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded independently (diffusers' `get_inputs`)."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def restore_generators(states: Sequence[torch.Tensor]) -> list[torch.Generator]:
+    gens = []
+    for state in states:
+        g = torch.Generator("cpu")
+        g.set_state(state)
+        gens.append(g)
+    return gens
+
+
+def generator_states(gens: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+    return tuple(g.get_state() for g in gens)
+
+
+@dataclass(frozen=True, eq=False)
+class Latent:
+    """A batch of samples (latents, or pixels for pixel-space models) and their seeds.
+
+    `noise` is True for pure unit-variance noise that still has to be scaled by the
+    scheduler's `init_noise_sigma`; False for clean samples (encoded images, finished
+    denoising), which img2img noises with the scheduler's `add_noise`.
+    `generator_states` are the per-image CPU random streams after the last draw, so the
+    next node continues the same streams a single diffusers call would have used.
+    """
+
+    __socket__ = "LATENT"
+    samples: torch.Tensor
+    seeds: tuple[int, ...] = ()
+    generator_states: tuple[torch.Tensor, ...] | None = None
+    noise: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return int(self.samples.shape[0])
+
+    def generators(self) -> list[torch.Generator]:
+        """Fresh generator objects continuing this latent's streams (the cached states are
+        never advanced, so re-running a downstream node gives the same result)."""
+        if self.generator_states is not None:
+            return restore_generators(self.generator_states)
+        return new_generators(self.seeds or range(self.batch))
+
+    def repeated(self, times: int) -> Latent:
+        """The batch repeated `times` times per image: same noise, same streams."""
+        if times == 1:
+            return self
+        states = None
+        if self.generator_states is not None:
+            states = tuple(s for s in self.generator_states for _ in range(times))
+        return replace(self, samples=self.samples.repeat_interleave(times, dim=0),
+                       seeds=tuple(s for s in self.seeds for _ in range(times)),
+                       generator_states=states)
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """Images as ComfyUI has them: float32 `[B, H, W, C]` in 0..1, on the CPU."""
+
+    __socket__ = "IMAGE"
+    pixels: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    """Masks `[B, H, W]` in 0..1; 1 marks the area to change (ComfyUI's convention)."""
+
+    __socket__ = "MASK"
+    mask: torch.Tensor
