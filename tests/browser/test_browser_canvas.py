@@ -117,7 +117,10 @@ def save_node_of(workflow: dict) -> str:
 
 def test_default_workflow_runs_and_shows_its_image(page: Any, server: Any) -> None:
     save_id = save_node_of(server.default_workflow)
-    seed_before = page.evaluate("window.noodle.editor.serialize()")
+    seed_node = next(n["id"] for n in summary(page) if "control after run" in n["widgets"])
+    page.evaluate(f"""window.noodle.editor.node('{seed_node}').widgets
+        .find(w => w.name === 'control after run').value = 'randomize'""")
+    before = page.evaluate("window.noodle.editor.serialize()")
     page.click("#graph")
     page.keyboard.press("Control+Enter")
     images = wait_output_image(page, save_id)
@@ -125,7 +128,12 @@ def test_default_workflow_runs_and_shows_its_image(page: Any, server: Any) -> No
     png = page.request.get(images[0]["src"])
     assert png.status == 200 and png.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(png.body())) as img:
-        assert json.loads(img.text["workflow"])["nodes"].keys() == seed_before["nodes"].keys()
+        ran = json.loads(img.text["workflow"])
+    assert ran["nodes"].keys() == before["nodes"].keys()
+    seed_ran = ran["nodes"][seed_node]["inputs"]["seed"]
+    assert seed_ran == before["nodes"][seed_node]["inputs"]["seed"]
+    after = page.evaluate("window.noodle.editor.serialize()")
+    assert after["nodes"][seed_node]["inputs"]["seed"] != seed_ran  # randomized after the run
     page.wait_for_function(
         "() => document.querySelector('#status').textContent.startsWith('Done')")
     assert page.problems == []

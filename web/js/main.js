@@ -63,7 +63,7 @@ class App {
     this.current = { name, source };
     this.showName();
     this.clearMessages();
-    if (fit && !doc.ui?.viewport) this.editor.fitView();
+    if (fit && (!doc.ui?.viewport || !this.editor.allVisible())) this.editor.fitView();
     if (missing.length) this.message(`Unknown node types: ${missing.join(", ")}`, "error");
     this.persist();
   }

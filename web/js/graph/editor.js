@@ -156,19 +156,35 @@ export class Editor {
     this.load({ format: "noodle.workflow", version: 1, name: "", nodes: {} });
   }
 
-  fitView() {
-    const nodes = this.graph._nodes;
-    if (!nodes.length) return;
+  bounds() {
     let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-    for (const n of nodes) {
+    for (const n of this.graph._nodes) {
       x0 = Math.min(x0, n.pos[0]);
       y0 = Math.min(y0, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
       x1 = Math.max(x1, n.pos[0] + n.size[0]);
       y1 = Math.max(y1, n.pos[1] + n.size[1]);
     }
+    return [x0, y0, x1, y1];
+  }
+
+  viewSize() {
     const el = this.canvas.canvas;
-    const w = el.width / (window.devicePixelRatio || 1);
-    const h = el.height / (window.devicePixelRatio || 1);
+    return [el.width / (window.devicePixelRatio || 1), el.height / (window.devicePixelRatio || 1)];
+  }
+
+  // Whether every node lies inside the visible part of the canvas.
+  allVisible() {
+    if (!this.graph._nodes.length) return true;
+    const [x0, y0, x1, y1] = this.bounds();
+    const [w, h] = this.viewSize();
+    const { offset, scale } = this.canvas.ds;
+    return x0 >= -offset[0] && y0 >= -offset[1] && x1 <= w / scale - offset[0] && y1 <= h / scale - offset[1];
+  }
+
+  fitView() {
+    if (!this.graph._nodes.length) return;
+    const [x0, y0, x1, y1] = this.bounds();
+    const [w, h] = this.viewSize();
     const scale = Math.min(1.2, Math.max(0.25, Math.min((w - 80) / (x1 - x0), (h - 80) / (y1 - y0))));
     this.canvas.ds.scale = scale;
     this.canvas.ds.offset = [(w / scale - (x1 - x0)) / 2 - x0, (h / scale - (y1 - y0)) / 2 - y0];

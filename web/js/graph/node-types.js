@@ -42,17 +42,60 @@ function addInputWidget(node, spec, changed) {
       break;
     default:
       w = node.addWidget("text", spec.name, spec.default ?? "", cb, { multiline: Boolean(spec.multiline) });
+      if (spec.multiline) makeTextArea(w);
   }
   w.noodleInput = spec;
   if (spec.tooltip) w.tooltip = spec.tooltip;
   if (spec.widget === "seed") {
     const control = node.addWidget("combo", "control after run",
-      spec.control_after_run && spec.control_after_run !== "fixed" ? spec.control_after_run : "randomize",
+      SEED_CONTROLS.includes(spec.control_after_run) ? spec.control_after_run : "fixed",
       () => changed(node, null), { values: SEED_CONTROLS });
     control.noodleControlFor = spec.name;
     control.serialize = false;
   }
   return w;
+}
+
+const TEXTAREA_HEIGHT = 84;
+
+function wrapLines(ctx, text, width, maxLines) {
+  const lines = [];
+  for (const para of String(text).split("\n")) {
+    let line = "";
+    for (const word of para.split(/(\s+)/)) {
+      if (line && ctx.measureText(line + word).width > width) {
+        lines.push(line.trimEnd());
+        line = word.trimStart();
+      } else line += word;
+      if (lines.length >= maxLines) return lines;
+    }
+    lines.push(line);
+    if (lines.length >= maxLines) return lines;
+  }
+  return lines;
+}
+
+// A multi-line text widget: taller, showing the wrapped text; a click opens the editor.
+function makeTextArea(w) {
+  w.computeSize = (width) => [width ?? MIN_WIDTH, TEXTAREA_HEIGHT];
+  w.drawWidget = function drawTextArea(ctx, { width }) {
+    const x = 15;
+    const h = (this.computedHeight ?? TEXTAREA_HEIGHT) - 6;
+    ctx.save();
+    ctx.fillStyle = LiteGraph.WIDGET_BGCOLOR;
+    ctx.strokeStyle = LiteGraph.WIDGET_OUTLINE_COLOR;
+    roundRect(ctx, x, this.y, width - 2 * x, h, 8);
+    ctx.fill();
+    ctx.stroke();
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = LiteGraph.WIDGET_SECONDARY_TEXT_COLOR;
+    ctx.fillText(this.label ?? this.name, x + 10, this.y + 14);
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.fillStyle = this.value ? LiteGraph.WIDGET_TEXT_COLOR : LiteGraph.WIDGET_SECONDARY_TEXT_COLOR;
+    const lines = wrapLines(ctx, this.value || "(empty)", width - 2 * x - 20, Math.floor((h - 20) / 16));
+    lines.forEach((line, i) => ctx.fillText(line, x + 10, this.y + 32 + i * 16));
+    ctx.restore();
+  };
 }
 
 function roundRect(ctx, x, y, w, h, r) {
