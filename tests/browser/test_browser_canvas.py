@@ -186,3 +186,77 @@ def test_invalid_workflow_shows_error_badges(page: Any) -> None:
     with Image.open(io.BytesIO(shot)) as img:
         r, g, b = img.convert("RGB").resize((1, 1)).getpixel((0, 0))
     assert r > 180 and g < 110, (r, g, b)
+
+
+def test_run_error_is_shown_on_the_failing_node(page: Any) -> None:
+    doc = {"format": "noodle.workflow", "version": 1, "name": "fails", "nodes": {
+        "1": {"type": "Number", "inputs": {"value": 9}, "ui": {"pos": [80, 100]}},
+        "2": {"type": "Fail", "inputs": {"value": {"from": "1", "output": "value"}},
+              "ui": {"pos": [420, 100]}}}}
+    page.evaluate("(doc) => window.noodle.loadDoc(doc)", doc)
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("() => window.noodle.editor.errorsOf('2').length > 0")
+    error = page.evaluate("window.noodle.editor.errorsOf('2')")[0]
+    assert error["code"] == "RuntimeError" and "failing on purpose with 9" in error["message"]
+    page.wait_for_function("() => document.querySelector('#status').textContent === 'Failed'")
+    assert page.evaluate("window.noodle.editor.errorsOf('1')") == []
+
+
+def test_save_rename_open_and_download(page: Any, server: Any) -> None:
+    page.click("#workflow-button")
+    page.click("[data-action=save-as]")
+    page.fill(".modal-input", "my flow")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#workflow-name').textContent === 'my flow'")
+    listing = page.request.get(server.url + "/api/workflows").json()["workflows"]
+    assert {"my flow", "txt2img"} <= {w["name"] for w in listing}
+    page.click("#workflow-button")
+    page.click("[data-action=rename]")
+    page.fill(".modal-input", "renamed")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#workflow-name').textContent === 'renamed'")
+    names = {(w["name"], w["source"])
+             for w in page.request.get(server.url + "/api/workflows").json()["workflows"]}
+    assert ("renamed", "user") in names and ("my flow", "user") not in names
+    saved = page.request.get(server.url + "/api/workflows/renamed").json()
+    assert saved["nodes"].keys() == server.default_workflow["nodes"].keys()
+    new_graph(page)
+    page.click("#workflow-button")
+    page.click("[data-action=open]")
+    page.click("[data-workflow='user:renamed']")
+    page.wait_for_function("() => window.noodle.editor.summary().length > 0")
+    assert page.text_content("#workflow-name") == "renamed"
+    page.click("#workflow-button")
+    page.wait_for_selector("#examples [data-example=txt2img]")
+    with page.expect_download() as info:
+        page.click("[data-action=download]")
+    downloaded = json.loads(open(info.value.path(), encoding="utf-8").read())
+    assert downloaded["format"] == "noodle.workflow" and downloaded["name"] == "renamed"
+    assert downloaded["nodes"].keys() == saved["nodes"].keys()
+    page.click("#workflow-button")
+    page.click("#examples [data-example=txt2img]")
+    page.wait_for_function(
+        "() => document.querySelector('#workflow-name').textContent.includes('example')")
+
+
+def test_dropping_a_workflow_json_opens_it(page: Any) -> None:
+    doc = {"format": "noodle.workflow", "version": 1, "name": "dropped", "nodes": {
+        "7": {"type": "Number", "inputs": {"value": 11}, "ui": {"pos": [50, 50]}},
+        "8": {"type": "ShowInt", "inputs": {"value": {"from": "7", "output": "value"}},
+              "ui": {"pos": [400, 50], "title": "Shown"}, "note": "kept"}},
+        "ui": {"groups": [{"title": "G", "bounding": [0, 0, 700, 300], "color": "#335"}]},
+        "extra_top": [1, 2]}
+    page.evaluate("""(text) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([text], "dropped.json", {type: "application/json"}));
+        document.querySelector("#graph").dispatchEvent(new DragEvent("drop",
+            {dataTransfer: dt, bubbles: true, cancelable: true, clientX: 500, clientY: 300}));
+    }""", json.dumps(doc))
+    page.wait_for_function("() => window.noodle.editor.summary().length === 2")
+    out = page.evaluate("window.noodle.editor.serialize()")
+    assert out["nodes"]["8"]["inputs"]["value"] == {"from": "7", "output": "value"}
+    assert out["nodes"]["7"]["inputs"]["value"] == 11
+    assert out["nodes"]["8"]["ui"]["title"] == "Shown" and out["nodes"]["8"]["note"] == "kept"
+    assert out["ui"]["groups"][0]["title"] == "G" and out["extra_top"] == [1, 2]
