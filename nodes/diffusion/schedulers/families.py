@@ -69,6 +69,7 @@ class SolverScheduler(IndexedScheduler):
     """Base of the exponential-integrator solvers (DPM-Solver, DEIS, UniPC) on the VP process."""
 
     unknown_timestep_is_last = True
+    floor_terminal_alpha = True
     init_noise_sigma = 1.0
 
     def _reject_unsupported(self) -> None:

@@ -16,7 +16,13 @@ import torch
 
 from .base import SchedulerOutput
 from .families import SigmaScheduler
-from .schedule import interpolate_sigmas, randn, sigma_timesteps, sigma_to_t, train_sigmas
+from .schedule import (
+    interpolate_sigmas,
+    randn,
+    sigma_timesteps,
+    sigmas_to_timesteps_float32,
+    train_sigmas,
+)
 
 
 def _doubled(values: torch.Tensor) -> torch.Tensor:
@@ -77,8 +83,7 @@ class _KDPM2Base(SigmaScheduler):
         self.sigmas_interpol = _doubled(sigmas_interpol)
 
         timesteps = torch.from_numpy(timesteps).to(device)
-        log_sigmas_cpu = self.log_sigmas.cpu()
-        midpoint_t = np.array([sigma_to_t(s, log_sigmas_cpu) for s in sigmas_interpol.cpu()])
+        midpoint_t = sigmas_to_timesteps_float32(sigmas_interpol.cpu(), self.log_sigmas.cpu())
         midpoint_t = torch.from_numpy(midpoint_t).to(device, dtype=timesteps.dtype)
         midpoints = midpoint_t[:-2] if self.ancestral else midpoint_t[1:-1]
         interleaved = torch.stack((midpoints[:, None], timesteps[1:, None]), dim=-1).flatten()

@@ -156,6 +156,21 @@ def sigma_to_t(sigma: Any, log_sigmas: Any) -> Any:
     return t.reshape(sigma.shape)
 
 
+def sigmas_to_timesteps_float32(sigmas: torch.Tensor, log_sigmas: torch.Tensor) -> np.ndarray:
+    """``sigma_to_t`` for a float32 sigma tensor, all at once, in float32 arithmetic.
+
+    Equals diffusers' per-element evaluation on tensors (KDPM2's midpoints) bit for bit: the log
+    is numpy's float32 log, the interpolation torch float32.
+    """
+    log_sigma = torch.from_numpy(np.log(np.maximum(sigmas.numpy(), np.float32(1e-10))))
+    dists = log_sigma[None, :] - log_sigmas[:, None]
+    low_idx = torch.cumsum(dists >= 0, dim=0).argmax(dim=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = torch.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - w) * low_idx + w * high_idx).numpy()
+
+
 def sigmas_to_timesteps(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
 

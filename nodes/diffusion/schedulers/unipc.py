@@ -50,7 +50,6 @@ class UniPCMultistepScheduler(SolverScheduler):
         "sigma_max": None,
         "shift_terminal": None,
     }
-    floor_terminal_alpha = True
 
     def _setup(self) -> None:
         self._reject_unsupported()
