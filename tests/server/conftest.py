@@ -11,7 +11,6 @@ from toy_nodes import make_registry
 
 from graph_runtime.executor import Executor
 from graph_runtime.server import create_app
-from graph_runtime.server.app import QUEUE_KEY
 
 
 @pytest.fixture
@@ -39,7 +38,3 @@ def app(folders: dict[str, Path]) -> Any:
 @pytest_asyncio.fixture
 async def client(aiohttp_client: Any, app: Any) -> Any:
     return await aiohttp_client(app)
-
-
-def queue_of(client: Any) -> Any:
-    return client.server.app[QUEUE_KEY]

@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import queue_of
 from toy_nodes import image_workflow
+
+from graph_runtime.server.app import QUEUE_KEY
 
 pytestmark = pytest.mark.asyncio
 
@@ -168,7 +169,7 @@ async def test_queue_delete_and_interrupt(client: Any) -> None:
     assert (await resp.json())["interrupted"] == slow["prompt_id"]
     entry = await wait_history(client, slow["prompt_id"])
     assert entry["status"] == "interrupted"
-    assert queue_of(client).wait_idle(5)
+    assert client.server.app[QUEUE_KEY].wait_idle(5)
     assert (await client.get(f"/api/history/{pending['prompt_id']}")).status == 404
     assert (await (await client.post("/api/interrupt")).json())["interrupted"] is None
 

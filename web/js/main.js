@@ -173,10 +173,11 @@ class App {
   // ------------------------------------------------------------ running
   async queue() {
     const doc = this.editor.serialize();
+    // Cleared before sending: a fast run may report its events before the reply arrives.
+    this.editor.setErrors([]);
+    this.clearMessages();
     try {
       const res = await api.queue(doc, this.clientId);
-      this.editor.setErrors([]);
-      this.clearMessages();
       this.editor.advanceSeeds();
       if (!this.finished.has(res.prompt_id)) $("#status").textContent = `Queued #${res.number}`;
     } catch (err) {
