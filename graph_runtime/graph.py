@@ -5,7 +5,8 @@ Validation checks the whole workflow before anything runs and returns *every* pr
 (ComfyUI finds some problems only at run time, and silently drops outputs that fail).
 Codes: unknown_node_type, unknown_input, missing_input, dangling_link, unknown_output,
 type_mismatch, invalid_value_type, value_out_of_range, invalid_choice, cycle, no_outputs,
-unknown_target (plus unknown_node / invalid_override from command-line overrides).
+unknown_target, absent_output (a node's `absent_outputs` hook says that output will be
+empty for these inputs) (plus unknown_node / invalid_override from command-line overrides).
 
 Planning keeps only the ancestors of the output nodes (or of explicit targets) and orders
 them topologically, ties broken by node id in natural order ("2" before "10"), so the same
@@ -86,6 +87,25 @@ def _check_literal(nid: str, spec: InputSpec, value: Any, errors: list[dict[str,
                              f"{spec.name}: expected {spec.type}, got {value!r}"))
 
 
+def _absent_outputs(definition: NodeDef, nd: dict[str, Any]) -> dict[str, str]:
+    """Outputs a node declares but will not produce for its literal inputs, with reasons,
+    from the node's optional `extra["absent_outputs"](literals)` hook — e.g. a pipeline
+    loader whose source has no VAE. Lets linking such an output fail validation, not a run."""
+    hook = definition.extra.get("absent_outputs")
+    if hook is None:
+        return {}
+    given = nd.get("inputs") or {}
+    literals = {}
+    for name, spec in definition.inputs.items():
+        value = given.get(name, spec.widget.default if spec.widget is not None else None)
+        if value is not None and not is_link(value):
+            literals[name] = value
+    try:
+        return dict(hook(literals))
+    except Exception:  # noqa: BLE001 - a failing hook must not break validation
+        return {}
+
+
 def _check_node(wf: Workflow, registry: Registry, nid: str, nd: dict[str, Any],
                 errors: list[dict[str, Any]]) -> None:
     ntype = nd.get("type")
@@ -121,6 +141,10 @@ def _check_node(wf: Workflow, registry: Registry, nid: str, nd: dict[str, Any],
                 errors.append(_error(nid, iname, "type_mismatch",
                                      f"{iname} expects {spec.type} but {src_def.name}."
                                      f"{out_name} gives {out.type}"))
+            elif out_name in (absent := _absent_outputs(src_def, src)):
+                errors.append(_error(nid, iname, "absent_output",
+                                     f"{iname}: node {src_id!r} ({src_def.name}) gives no "
+                                     f"{out_name}: {absent[out_name]}"))
         elif spec is not None:
             _check_literal(nid, spec, value, errors)
     if definition is not None:

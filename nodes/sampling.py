@@ -24,8 +24,9 @@ from nodes.text import require
 from nodes.types import Conditioning, Latent, Scheduler, UNet, generator_states
 
 
-def img2img_timesteps(sched: Any, steps: int, strength: float) -> torch.Tensor:
-    """diffusers' `get_timesteps`: the tail of the schedule that `strength` keeps."""
+def img2img_timesteps(sched: Any, steps: int, strength: float) -> tuple[torch.Tensor, int]:
+    """diffusers' `get_timesteps`: the tail of the schedule that `strength` keeps, and how
+    many of the requested steps that is."""
     init_timestep = min(int(steps * strength), steps)
     t_start = max(steps - init_timestep, 0)
     timesteps = sched.timesteps[t_start * sched.order:]
@@ -34,7 +35,23 @@ def img2img_timesteps(sched: Any, steps: int, strength: float) -> torch.Tensor:
     if len(timesteps) == 0:
         raise ValueError(f"Denoise: strength {strength} keeps no step of {steps}; raise "
                          "the strength or the number of steps")
-    return timesteps
+    return timesteps, steps - t_start
+
+
+def step_counter(n_timesteps: int, steps: int, order: int) -> list[int]:
+    """The user-facing step reached after each loop iteration (0: not a step boundary).
+
+    Loops can be longer than `steps` (PNDM repeats a timestep; Heun and KDPM2 evaluate twice
+    per step), so progress counts steps the way diffusers' progress bar does."""
+    warmup = n_timesteps - steps * order
+    marks, done = [], 0
+    for i in range(n_timesteps):
+        if i == n_timesteps - 1 or (i + 1 > warmup and (i + 1) % order == 0):
+            done += 1
+            marks.append(done)
+        else:
+            marks.append(0)
+    return marks
 
 
 def _check_inputs(unet: UNet, positive: Conditioning | None,
@@ -52,7 +69,8 @@ def _check_inputs(unet: UNet, positive: Conditioning | None,
 def denoise(
     unet: UNet,
     scheduler: Scheduler,
-    positive: Conditioning | None,
+    positive: Conditioning | None = None,
+    *,
     latents: Latent,
     negative: Conditioning | None = None,
     steps: int = Int(20, min=1, max=1000),
@@ -75,10 +93,10 @@ def denoise(
         if strength < 1.0:
             raise ValueError("Denoise: strength < 1 refines an existing image; link "
                              "latents from VAEEncode (these latents are pure noise)")
-        timesteps = sched.timesteps
+        timesteps, n_steps = sched.timesteps, steps
         x = latents.samples.to(device, dtype) * sched.init_noise_sigma
     else:
-        timesteps = img2img_timesteps(sched, steps, strength)
+        timesteps, n_steps = img2img_timesteps(sched, steps, strength)
         clean = latents.samples.to(device, dtype)
         noise = randn(clean.shape, gens, device, dtype)
         x = sched.add_noise(clean, noise, timesteps[:1].repeat(batch))
@@ -91,7 +109,7 @@ def denoise(
     ctx = current()
     projection = latents.extra.get("rgb_projection")
     pixel_space = bool(latents.extra.get("pixel_space"))
-    total = len(timesteps)
+    marks = step_counter(len(timesteps), n_steps, sched.order)
     with torch.no_grad():
         for i, t in enumerate(timesteps):
             model_in = torch.cat([x] * 2) if use_cfg else x
@@ -104,9 +122,13 @@ def denoise(
                 pred = combine(pred, guidance_scale)
             out = sched.step(pred, t, x, generator=gens)
             x = out.prev_sample
-            if ctx is not None:
+            if ctx is None:
+                continue
+            if marks[i]:
                 shown = getattr(out, "pred_original_sample", None)
                 shown = x if shown is None else shown
-                ctx.progress(i + 1, total, preview_image(shown, projection, pixel_space))
+                ctx.progress(marks[i], n_steps, preview_image(shown, projection, pixel_space))
+            else:
+                ctx.check_interrupt()
     return Latent(x, latents.seeds, generator_states(gens), noise=False,
                   extra=dict(latents.extra))
