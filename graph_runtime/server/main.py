@@ -25,11 +25,19 @@ log = logging.getLogger("noodle.server")
 
 
 def serve(host: str = "127.0.0.1", port: int = 8188, nodes_module: str | None = None,
-          output_dir: Path | str = "output", input_dir: Path | str = "input",
-          temp_dir: Path | str = "temp", user_dir: Path | str = "user",
+          output_dir: Path | str = "output", input_dir: Path | str | None = None,
+          temp_dir: Path | str | None = None, user_dir: Path | str = "user",
           workflows_dir: Path | str | None = None, models_dir: Path | str | None = None,
           print_url: bool = True) -> None:
-    """Run the server until interrupted (Ctrl+C)."""
+    """Run the server until interrupted (Ctrl+C).
+
+    The input and temp folders come from `NOODLE_INPUT_DIR` / `NOODLE_TEMP_DIR` when not
+    given, and are written back to them, so nodes that read uploads (LoadImage) or write
+    previews look in the same folders the server serves and fills."""
+    input_dir = Path(input_dir or os.environ.get("NOODLE_INPUT_DIR") or "input").resolve()
+    temp_dir = Path(temp_dir or os.environ.get("NOODLE_TEMP_DIR") or "temp").resolve()
+    os.environ["NOODLE_INPUT_DIR"] = str(input_dir)
+    os.environ["NOODLE_TEMP_DIR"] = str(temp_dir)
     module = nodes_module or os.environ.get("NOODLE_NODES") or "nodes"
     importlib.import_module(module)
     if workflows_dir is None:

@@ -122,15 +122,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         default["name"] = "txt2img"
         default["description"] = "Stand-in default workflow (test nodes)"
     (shipped / "txt2img.json").write_text(json.dumps(default))
+    saved_env = {k: os.environ.get(k) for k in ("NOODLE_INPUT_DIR", "NOODLE_TEMP_DIR")}
+    os.environ["NOODLE_INPUT_DIR"] = str(root / "input")  # as `noodle serve` does
+    os.environ["NOODLE_TEMP_DIR"] = str(root / "temp")
     app = create_app(reg, Executor(reg), output_dir=root / "output", input_dir=root / "input",
                      temp_dir=root / "temp", user_dir=root / "user", workflows_dir=shipped,
                      models_dir=REPO / "models")
     thread = ServerThread(app)
     thread.start()
     thread.default_workflow = default  # type: ignore[attr-defined]
-    thread.output_dir = root / "output"  # type: ignore[attr-defined]
+    thread.registry = reg  # type: ignore[attr-defined]
+    thread.input_dir = root / "input"  # type: ignore[attr-defined]
     yield thread
     thread.stop()
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

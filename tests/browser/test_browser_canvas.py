@@ -260,3 +260,23 @@ def test_dropping_a_workflow_json_opens_it(page: Any) -> None:
     assert out["nodes"]["7"]["inputs"]["value"] == 11
     assert out["nodes"]["8"]["ui"]["title"] == "Shown" and out["nodes"]["8"]["note"] == "kept"
     assert out["ui"]["groups"][0]["title"] == "G" and out["extra_top"] == [1, 2]
+
+
+def test_upload_image_into_a_load_image_node(page: Any, server: Any, tmp_path: Any) -> None:
+    if "LoadImage" not in server.registry:
+        pytest.skip("the node library with LoadImage did not load")
+    new_graph(page)
+    ed = "window.noodle.editor"
+    nid = page.evaluate(f"{ed}.addNode('LoadImage', [100, 100])")
+    page.wait_for_timeout(100)
+    picture = tmp_path / "upload me.png"
+    Image.new("RGB", (24, 16), "purple").save(picture)
+    with page.expect_file_chooser() as chooser:
+        page.mouse.click(*page.evaluate(f"{ed}.widgetPosition('{nid}', 'upload image…')"))
+    chooser.value.set_files(str(picture))
+    images = wait_output_image(page, nid, 10000)
+    name = page.evaluate(f"{ed}.serialize()")["nodes"][nid]["inputs"]["path"]
+    assert name.endswith(".png") and len(name) == 36
+    assert (server.input_dir / name).read_bytes() == picture.read_bytes()
+    assert "type=input" in images[0]["src"]
+    assert page.problems == []

@@ -31,6 +31,14 @@ export const api = {
     call("GET", `/api/workflows/${encodeURIComponent(name)}${source ? `?source=${source}` : ""}`),
   saveWorkflow: (name, doc) => call("PUT", `/api/workflows/${encodeURIComponent(name)}`, doc),
   deleteWorkflow: (name) => call("DELETE", `/api/workflows/${encodeURIComponent(name)}`),
+  uploadImage: async (file) => {
+    const form = new FormData();
+    form.append("image", file, file.name);
+    const resp = await fetch("/api/upload/image", { method: "POST", body: form });
+    const data = await resp.json().catch(() => null);
+    if (!resp.ok) throw new ApiError(resp.status, data?.errors);
+    return data;
+  },
   viewUrl: (ref) => {
     const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder ?? "", type: ref.type ?? "output" });
     return `/api/view?${q}`;

@@ -7,6 +7,8 @@ import { buildPalette, DRAG_MIME } from "./palette.js";
 import { workflowFromPng } from "./png.js";
 
 const STORE_KEY = "noodle.workflow.v1";
+// Nodes that read an image from the input folder, and the input that names it.
+const IMAGE_UPLOADS = { LoadImage: "path" };
 const $ = (sel) => document.querySelector(sel);
 
 function clientId() {
@@ -30,7 +32,7 @@ class App {
 
   async start() {
     const schemas = await api.nodes();
-    this.editor.registerTypes(schemas);
+    this.editor.registerTypes(schemas, { uploads: IMAGE_UPLOADS, onUpload: (id, input) => this.pickUpload(id, input) });
     buildPalette($("#palette"), schemas, (type, pos) => this.editor.addNode(type, pos));
     this.bindUi();
     this.resize();
@@ -167,6 +169,28 @@ class App {
       toast(`Loaded ${file.name}`, "ok");
     } catch (err) {
       toast(`Cannot load ${file.name}: ${err.message}`, "error");
+    }
+  }
+
+  pickUpload(nodeId, input) {
+    const picker = document.createElement("input");
+    picker.type = "file";
+    picker.accept = "image/png,image/jpeg,image/webp,image/gif,image/bmp";
+    picker.addEventListener("change", () => {
+      if (picker.files?.[0]) this.uploadInto(nodeId, input, picker.files[0]);
+    });
+    picker.click();
+  }
+
+  // Uploads an image into the input folder and points the node's input at it.
+  async uploadInto(nodeId, input, file) {
+    try {
+      const ref = await api.uploadImage(file);
+      this.editor.setWidget(nodeId, input, ref.name);
+      this.editor.setOutputs(nodeId, { images: [{ filename: ref.name, subfolder: ref.subfolder, type: ref.type }] }, api.viewUrl);
+      toast(`Uploaded ${file.name}`, "ok");
+    } catch (err) {
+      toast(`Upload failed: ${err.message}`, "error");
     }
   }
 

@@ -50,9 +50,23 @@ export class Editor {
     this.graph.start?.();
   }
 
-  registerTypes(schemas) {
+  // `uploads`: {nodeType: inputName} for nodes that get an "upload image" button, which calls
+  // `onUpload(nodeId, inputName)`.
+  registerTypes(schemas, { uploads = {}, onUpload = null } = {}) {
     this.schemas = schemas;
-    for (const t of registerSchemas(schemas, (node, name) => this.widgetChanged(node, name))) this.types.add(t);
+    const upload = onUpload && ((node, input) => onUpload(String(node.id), input));
+    for (const t of registerSchemas(schemas, (node, name) => this.widgetChanged(node, name), uploads, upload)) this.types.add(t);
+  }
+
+  // Sets a widget's value (adding it to a choice's options when it is new).
+  setWidget(id, name, value) {
+    const w = this.node(id)?.widgets?.find((x) => x.name === name);
+    if (!w) return false;
+    if (w.type === "combo" && !w.options.values.includes(value)) w.options.values = [...w.options.values, value];
+    w.value = value;
+    this.canvas.setDirty(true, true);
+    this.onChange();
+    return true;
   }
 
   widgetChanged(node, name) {

@@ -123,6 +123,8 @@ export function contentBottom(node) {
 class NoodleNode extends LGraphNode {
   static schema = null;
   static onWidgetChanged = null;
+  static uploadInput = null; // name of the input an "upload image" button fills
+  static onUpload = null;
 
   constructor(title) {
     super(title);
@@ -136,6 +138,11 @@ class NoodleNode extends LGraphNode {
         color_on: typeColour(spec.type), color_off: typeColour(spec.type),
         label: spec.required ? spec.name : `${spec.name} (optional)`,
       });
+    }
+    const upload = this.constructor.uploadInput;
+    if (upload) {
+      const button = this.addWidget("button", "upload image…", null, () => this.constructor.onUpload(this, upload));
+      button.serialize = false;
     }
     for (const out of schema.outputs) {
       this.addOutput(out.name, out.type, { color_on: typeColour(out.type), color_off: typeColour(out.type) });
@@ -249,13 +256,18 @@ class NoodleNode extends LGraphNode {
   }
 }
 
-// Registers one class per schema; returns the list of type names.
-export function registerSchemas(schemas, onWidgetChanged) {
+// Registers one class per schema; returns the list of type names. `uploads` maps a node type
+// to the input an uploaded image's name goes into; `onUpload(node, input)` does the upload.
+export function registerSchemas(schemas, onWidgetChanged, uploads = {}, onUpload = null) {
   const names = [];
   for (const schema of Object.values(schemas)) {
     const cls = class extends NoodleNode {};
     cls.schema = schema;
     cls.onWidgetChanged = onWidgetChanged;
+    if (uploads[schema.name] && onUpload) {
+      cls.uploadInput = uploads[schema.name];
+      cls.onUpload = onUpload;
+    }
     cls.title = schema.display_name || schema.name;
     cls.description = schema.description;
     LiteGraph.registerNodeType(schema.name, cls);
