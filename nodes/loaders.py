@@ -33,16 +33,34 @@ SCHEDULER_TYPES = [
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 
 
+# The embedded default models live in the repository's models/ folder; names there resolve
+# even when the working directory (and so ./models) is elsewhere.
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
 def models_dir() -> Path:
-    return Path(os.environ.get("NOODLE_MODELS_DIR", "models"))
+    return Path(os.environ.get("NOODLE_MODELS_DIR") or "models")
+
+
+def resolve(source: str) -> Path:
+    """The file or folder a source names: the models folder, a path, the embedded models,
+    then the hub cache (`org/name`)."""
+    primary = models_dir()
+    literal = Path(source).expanduser()
+    if (not literal.is_absolute() and not (primary / source).exists()
+            and not literal.exists() and (BUNDLED_MODELS / source).exists()):
+        return BUNDLED_MODELS / source
+    return Path(checkpoints.resolve_source(source, primary))
 
 
 def model_choices() -> list[str]:
     """Names the source widget offers; re-read whenever the node schema is exported."""
-    try:
-        names = list(checkpoints.list_models(models_dir()))
-    except OSError:
-        names = []
+    names: list[str] = []
+    for folder in (models_dir(), BUNDLED_MODELS):
+        try:
+            names += [n for n in checkpoints.list_models(folder) if n not in names]
+        except OSError:
+            continue
     return names or [DEFAULT_MODEL]
 
 
@@ -57,7 +75,7 @@ def source_fingerprint(inputs: Mapping[str, Any]) -> str | None:
     source = inputs.get("source")
     if not isinstance(source, str):
         return None
-    root = Path(checkpoints.resolve_source(source, models_dir()))
+    root = resolve(source)
     parts = [str(root.resolve())]
     for f in _files_of(root):
         st = f.stat()
@@ -74,7 +92,7 @@ def absent_components(inputs: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(source, str):
         return {}
     try:
-        root = Path(checkpoints.resolve_source(source, models_dir()))
+        root = resolve(source)
     except Exception:  # noqa: BLE001 - an unresolvable source is reported when it runs
         return {}
     index = root / "model_index.json"
@@ -116,9 +134,9 @@ def load_pipeline(
     An unconditional (DDPM) repository gives only `unet` and `scheduler`; linking one of
     its absent outputs is reported by validation.
     """
-    comp = checkpoints.load_pipeline(source, dtype=dtype, device=device,
+    comp = checkpoints.load_pipeline(resolve(source), dtype=dtype, device=device,
                                      models_dir=models_dir())
-    src = str(comp.source)
+    src = source
     cfg = comp.scheduler_config
     return Pipeline(
         tokenizer=Tokenizer(comp.tokenizer, src) if comp.tokenizer is not None else None,
@@ -144,7 +162,8 @@ def load_vae(
     device: str = Choice(DEVICES, default="auto"),
 ) -> VAE:
     """Load a VAE on its own, to swap a better one into a pipeline (e.g. sd-vae-ft-mse)."""
-    model = checkpoints.load_vae(source, dtype=dtype, device=device, models_dir=models_dir())
+    model = checkpoints.load_vae(resolve(source), dtype=dtype, device=device,
+                                 models_dir=models_dir())
     return VAE(model, source)
 
 
@@ -154,7 +173,7 @@ def load_scheduler(
     source: str = Choice(model_choices, default=DEFAULT_MODEL, allow_other=True),
 ) -> Scheduler:
     """The scheduler described by a folder's `scheduler/scheduler_config.json`."""
-    cfg = checkpoints.load_scheduler_config(source, models_dir=models_dir())
+    cfg = checkpoints.load_scheduler_config(resolve(source), models_dir=models_dir())
     return Scheduler(cfg["_class_name"], dict(cfg), source)
 
 
