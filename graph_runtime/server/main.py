@@ -42,8 +42,10 @@ def serve(host: str = "127.0.0.1", port: int = 8188, nodes_module: str | None = 
     importlib.import_module(module)
     if workflows_dir is None:
         workflows_dir = REPO_ROOT / "workflows"
-    if models_dir is None:
-        models_dir = os.environ.get("NOODLE_MODELS_DIR") or (REPO_ROOT / "models")
+    if models_dir is not None:  # the loaders read it from the environment
+        os.environ["NOODLE_MODELS_DIR"] = str(Path(models_dir).resolve())
+    else:
+        models_dir = os.environ.get("NOODLE_MODELS_DIR") or "models"
     if not is_loopback_bind(host):
         log.warning("listening on %s: anyone who can reach this address can run workflows "
                     "and read the output folder", host)

@@ -108,7 +108,10 @@ function fitImage(ctx, img, x, y, w, h) {
   const scale = Math.min(w / img.naturalWidth, h / img.naturalHeight);
   const dw = img.naturalWidth * scale;
   const dh = img.naturalHeight * scale;
+  const smooth = ctx.imageSmoothingEnabled;
+  ctx.imageSmoothingEnabled = scale < 2; // small images enlarged: crisp pixels, not blur
   ctx.drawImage(img, x + (w - dw) / 2, y + (h - dh) / 2, dw, dh);
+  ctx.imageSmoothingEnabled = smooth;
 }
 
 // Where the node's own content (slots + widgets) ends, in node-local coordinates.
