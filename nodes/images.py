@@ -188,14 +188,35 @@ def image_batch(
     return Image(torch.cat([p.pixels for p in parts]))
 
 
+def _caption_strip(labels: list[str], cols: int, w: int, gap: int, height: int
+                   ) -> torch.Tensor:
+    """A white strip with one centred caption per column, in the largest font that fits."""
+    from PIL import ImageDraw, ImageFont
+
+    strip = PILImage.new("RGB", (cols * w + (cols - 1) * gap, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for k, label in enumerate(labels):
+        for size in range(height - 3, 5, -1):
+            font = ImageFont.load_default(size=size)
+            left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+            if right - left <= w - 2:
+                break
+        x = k * (w + gap) + (w - (right - left)) / 2 - left
+        draw.text((x, (height - (bottom - top)) / 2 - top), label, fill=(0, 0, 0), font=font)
+    return torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0)
+
+
 @node("ImageGrid", category="image", output="images", display_name="Image Grid")
 def image_grid(
     images: Image,
     rows: int = Int(0, min=0, max=64, tooltip="0: as many as needed"),
     cols: int = Int(0, min=0, max=64, tooltip="0: about square"),
     gap: int = Int(0, min=0, max=64, tooltip="white pixels between cells"),
+    labels: str = Text("", multiline=True,
+                       tooltip="optional captions, one per line, for the cells in order"),
 ) -> Image:
-    """Lay a batch out as one image, row by row (diffusers' `make_image_grid`)."""
+    """Lay a batch out as one image, row by row (diffusers' `make_image_grid`); captions,
+    when given, go under each cell."""
     n, h, w, c = images.pixels.shape
     if cols == 0:
         cols = math.ceil(n / rows) if rows else math.ceil(math.sqrt(n))
@@ -203,9 +224,19 @@ def image_grid(
         rows = math.ceil(n / cols)
     if rows * cols < n:
         raise ValueError(f"ImageGrid: {rows} x {cols} cells cannot hold {n} images")
-    grid = torch.ones(rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, c)
+    names = [line.strip() for line in labels.splitlines()]
+    names = (names + [""] * n)[:n] if any(names) else []
+    cap = max(12, min(24, h // 5)) if names and c == 3 else 0
+    cell_h = h + cap
+    grid = torch.ones(rows * cell_h + (rows - 1) * gap, cols * w + (cols - 1) * gap, c)
     for i in range(n):
         r, k = divmod(i, cols)
-        y, x = r * (h + gap), k * (w + gap)
+        y, x = r * (cell_h + gap), k * (w + gap)
         grid[y: y + h, x: x + w] = images.pixels[i]
+    if cap:
+        for r in range(rows):
+            row = names[r * cols: (r + 1) * cols]
+            y = r * (cell_h + gap) + h
+            strip = _caption_strip(row, cols, w, gap, cap)
+            grid[y: y + cap, : strip.shape[1]] = strip
     return Image(grid[None])

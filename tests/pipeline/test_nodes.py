@@ -129,12 +129,16 @@ def test_efficiency_options_keep_the_image(parts: Any) -> None:
 
 def test_image_grid_and_batch() -> None:
     imgs = Image(torch.rand(5, 4, 6, 3))
-    grid = image_nodes.image_grid(imgs, 0, 0, 1).pixels
+    grid = image_nodes.image_grid(imgs, 0, 0, 1, "").pixels
     assert tuple(grid.shape) == (1, 2 * 4 + 1, 3 * 6 + 2, 3)  # 5 images: 2 rows x 3 cols
     assert torch.equal(grid[0, 5:9, 7:13], imgs.pixels[4])
     assert torch.equal(grid[0, 4], torch.ones(grid.shape[2], 3))  # the white gap row
     with pytest.raises(ValueError, match="cannot hold"):
-        image_nodes.image_grid(imgs, 2, 2, 0)
+        image_nodes.image_grid(imgs, 2, 2, 0, "")
+    captioned = image_nodes.image_grid(Image(torch.rand(2, 40, 40, 3)), 1, 2, 0,
+                                       "left\nright").pixels[0]
+    assert tuple(captioned.shape) == (40 + 12, 80, 3)
+    assert float(captioned[40:, :40].min()) < 0.5 and float(captioned[40:, 40:].min()) < 0.5
     joined = image_nodes.image_batch(imgs, Image(torch.rand(1, 4, 6, 3)))
     assert joined.batch == 6
     with pytest.raises(ValueError, match="differ in size"):

@@ -77,7 +77,7 @@ def test_compare_schedulers_grid_has_six_cells(tiny_sd_dir: Path, tiny_ddpm_dir:
     result = run(executor, shrunk("compare_schedulers.json", tiny_sd_dir, tiny_ddpm_dir),
                  tmp_path)
     grid = result.outputs["41"]["images"].pixels
-    assert tuple(grid.shape) == (1, IMAGE_SIZE, 6 * IMAGE_SIZE + 5 * 2, 3)
+    assert tuple(grid.shape) == (1, IMAGE_SIZE + 12, 6 * IMAGE_SIZE + 5 * 2, 3)  # + captions
     cells = [grid[0, :, k * (IMAGE_SIZE + 2): k * (IMAGE_SIZE + 2) + IMAGE_SIZE]
              for k in range(6)]
     assert len({c.numpy().tobytes() for c in cells}) == 6  # six different schedulers
@@ -106,4 +106,4 @@ def test_prompt_variants_equal_diffusers_prompt_list(tiny_sd_dir: Path, executor
                   output_type="np").images
     assert float(np.abs(ours - theirs).max()) <= 1 / 255
     grid = result.outputs["7"]["images"].pixels
-    assert tuple(grid.shape) == (1, IMAGE_SIZE, 4 * IMAGE_SIZE + 3 * 2, 3)
+    assert tuple(grid.shape) == (1, IMAGE_SIZE + 12, 4 * IMAGE_SIZE + 3 * 2, 3)
