@@ -11,6 +11,11 @@ const STORE_KEY = "noodle.workflow.v1";
 const IMAGE_UPLOADS = { LoadImage: "path" };
 const $ = (sel) => document.querySelector(sel);
 
+// "input: message", unless the message already starts with the input's name.
+function withInput(e) {
+  return e.input && !String(e.message).startsWith(e.input) ? `${e.input}: ${e.message}` : e.message;
+}
+
 function clientId() {
   let id = sessionStorage.getItem("noodle.client");
   if (!id) {
@@ -208,7 +213,7 @@ class App {
       if (!(err instanceof ApiError)) throw err;
       this.editor.setErrors(err.errors);
       this.clearMessages();
-      for (const e of err.errors) this.message(`${e.node != null ? `#${e.node} ` : ""}${e.input ? e.input + ": " : ""}${e.message}`, "error", e);
+      for (const e of err.errors) this.message(`${e.node != null ? `#${e.node} ` : ""}${withInput(e)}`, "error", e);
       toast(`The workflow has ${err.errors.length} problem(s); see the marked nodes`, "error");
     }
   }
@@ -216,10 +221,14 @@ class App {
   onEvent({ type, data }) {
     const ed = this.editor;
     switch (type) {
-      case "status":
-        $("#queue-size").textContent = data.queue_remaining ? `${data.queue_remaining} in queue` : "idle";
+      case "status": {
+        const waiting = data.queue_remaining - (data.running ? 1 : 0);
+        $("#queue-size").textContent = data.running
+          ? `running${waiting > 0 ? ` · ${waiting} waiting` : ""}` : waiting > 0 ? `${waiting} waiting` : "idle";
         break;
+      }
       case "started":
+        $("#status").textContent = "Running…";
         ed.runStarted();
         this.setBar(0);
         break;

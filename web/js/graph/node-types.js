@@ -231,7 +231,8 @@ class NoodleNode extends LGraphNode {
     ctx.save();
     const first = this.noodle.errors[0];
     const more = this.noodle.errors.length > 1 ? `  (+${this.noodle.errors.length - 1})` : "";
-    const text = `⚠ ${first.input ? first.input + ": " : ""}${first.message}`.slice(0, 90) + more;
+    const named = first.input && !String(first.message).startsWith(first.input);
+    const text = `⚠ ${named ? first.input + ": " : ""}${first.message}`.slice(0, 90) + more;
     ctx.font = "12px system-ui, sans-serif";
     const tw = Math.min(ctx.measureText(text).width + 16, Math.max(w, 420));
     ctx.fillStyle = STATE_COLOURS.error;

@@ -1,0 +1,85 @@
+"""Regenerate the canvas screenshots in docs/ (not a test; run it by hand):
+
+    .venv/bin/python tests/browser/make_screenshots.py [--out docs]
+
+Starts the real server with the shipped node library, workflows and embedded model on a
+free loopback port, opens the canvas in the system Chromium and captures: the default
+workflow after a run (docs/canvas.png), the same run half-way with the running node, its
+progress and step preview (docs/canvas-running.png), and validation errors shown as badges
+(docs/canvas-errors.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, ServerThread  # noqa: E402
+
+from graph_runtime.executor import Executor  # noqa: E402
+from graph_runtime.nodes import REGISTRY  # noqa: E402
+from graph_runtime.server import create_app  # noqa: E402
+
+SIZE = {"width": 1600, "height": 900}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "docs"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    importlib.import_module("nodes")
+    root = Path(tempfile.mkdtemp(prefix="noodle-shots-"))
+    os.environ.setdefault("NOODLE_INPUT_DIR", str(root / "input"))
+    os.environ.setdefault("NOODLE_TEMP_DIR", str(root / "temp"))
+    app = create_app(REGISTRY, Executor(REGISTRY), output_dir=root / "output",
+                     input_dir=root / "input", temp_dir=root / "temp", user_dir=root / "user",
+                     workflows_dir=REPO / "workflows",
+                     models_dir=os.environ.get("NOODLE_MODELS_DIR", REPO / "models"))
+    server = ServerThread(app)
+    server.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=SIZE)
+            page.goto(server.url + "/")
+            page.wait_for_selector("body[data-ready=true]")
+            page.wait_for_timeout(300)
+            page.keyboard.press("Control+Enter")
+            page.wait_for_function("""() => window.noodle.editor.graph._nodes.some(
+                n => n.noodle?.progress && n.noodle.progress.step >= n.noodle.progress.total / 2
+                     && n.noodle.preview?.complete)""", timeout=120000)
+            page.screenshot(path=str(out / "canvas-running.png"))
+            page.wait_for_function(
+                "() => document.querySelector('#status').textContent.startsWith('Done')",
+                timeout=300000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(out / "canvas.png"))
+            page.evaluate("""() => {
+                const ed = window.noodle.editor;
+                const denoise = ed.graph._nodes.find(n => n.type === 'Denoise');
+                denoise.widgets.find(w => w.name === 'steps').value = 0;
+                denoise.disconnectInput(denoise.findInputSlot('latents'));
+            }""")
+            page.click("#queue")
+            page.wait_for_selector("#messages li")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(out / "canvas-errors.png"))
+            browser.close()
+    finally:
+        server.stop()
+    for name in ("canvas.png", "canvas-running.png", "canvas-errors.png"):
+        print(out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
