@@ -26,6 +26,7 @@ from graph_runtime.context import current
 from graph_runtime.nodes import Choice, Int, Text, node
 from nodes.types import Image, Mask
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -52,11 +53,11 @@ def input_choices() -> list[str]:
 
 def resolve_image_path(path: str) -> Path:
     """An absolute path, a path under the input folder, or one relative to the working
-    directory (shipped workflows refer to `workflows/images/...`)."""
+    directory or to the project (shipped workflows refer to `workflows/images/...`)."""
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    for candidate in (input_dir() / p, p):
+    for candidate in (input_dir() / p, p, REPO_ROOT / p):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"image {path!r} not found in {input_dir()} nor in "
