@@ -82,6 +82,11 @@ def test_valid_link_connects_and_wrong_type_is_refused(page: Any) -> None:
     assert {n["id"]: n["links"] for n in summary(page)}[add] == []
     assert page.evaluate(f"{ed}.connect('{grad}', 'image', '{add}', 'a')") is False
     assert page.evaluate(f"{ed}.connect('{num}', 'value', '{add}', 'a')") is True
+    # A widget input may be wired too: it becomes a socket and the widget is disabled.
+    assert page.evaluate(f"{ed}.connect('{num}', 'value', '{grad}', 'seed')") is True
+    doc = page.evaluate(f"{ed}.serialize()")
+    assert doc["nodes"][grad]["inputs"]["seed"] == {"from": num, "output": "value"}
+    assert page.evaluate(f"{ed}.node('{grad}').widgets.find(w => w.name === 'seed').disabled")
     page.keyboard.press("Escape")
     assert page.problems == []
 
