@@ -231,3 +231,19 @@ def test_lms_coefficients_equal_scipy_quadrature() -> None:
     nodes = [3.0, 2.0, 1.5, 1.0]
     total = sum(lagrange_integral(nodes, j, 1.0, 0.5) for j in range(4))
     assert total == pytest.approx(-0.5, abs=1e-12)
+
+
+def test_pndm_step_counts_match_diffusers_including_the_rejected_ones() -> None:
+    """PNDM's Runge-Kutta warm-up needs 4 steps; both implementations refuse fewer alike."""
+    for skip_prk_steps in (False, True):
+        for steps in (1, 2, 3, 4, 10):
+            outcomes = []
+            for cls in (SCHEDULERS["PNDMScheduler"], diffusers.PNDMScheduler):
+                scheduler = cls(skip_prk_steps=skip_prk_steps)
+                try:
+                    scheduler.set_timesteps(steps)
+                    outcomes.append(scheduler.timesteps.tolist())
+                except ValueError:
+                    outcomes.append("ValueError")
+            assert outcomes[0] == outcomes[1], (skip_prk_steps, steps)
+            assert (outcomes[0] == "ValueError") == (not skip_prk_steps and steps < 4)
