@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resnet import add_
+
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -113,7 +115,7 @@ class Attention(nn.Module):
         if spatial:
             out = out.transpose(1, 2).reshape(b, c, h, w)
         if self.residual_connection:
-            out = out + residual
+            out = add_(out, residual)
         if self.rescale_output_factor != 1.0:
             out = out / self.rescale_output_factor
         return out
@@ -128,7 +130,9 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
+        if hidden.requires_grad:
+            return hidden * F.gelu(gate)
+        return hidden.mul_(F.gelu(gate))
 
 
 class FeedForward(nn.Module):
@@ -168,9 +172,9 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        x = add_(self.attn1(self.norm1(x)), x)
+        x = add_(self.attn2(self.norm2(x), context), x)
+        return add_(self.ff(self.norm3(x)), x)
 
 
 class Transformer2DModel(nn.Module):
@@ -225,4 +229,4 @@ class Transformer2DModel(nn.Module):
         x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
         if not self.use_linear_projection:
             x = self.proj_out(x.contiguous())
-        return x + residual
+        return add_(x, residual)

@@ -27,10 +27,14 @@ class FrozenConfig(Mapping[str, Any]):
         return len(self._values)
 
     def __getattr__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(key) from None
+        values = self.__dict__.get("_values")
+        if values is None or key not in values:
+            raise AttributeError(key)
+        return values[key]
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        """Copy and pickle by value (models get deep-copied, e.g. for EMA weights)."""
+        return (type(self), (self._values,))
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("model configs are read-only; build a new model to change them")

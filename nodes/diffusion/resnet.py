@@ -15,6 +15,24 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def act_(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply an activation, in place when autograd is not tracking ``x`` (inference).
+
+    Saves one full-size allocation per call; with gradients it is the ordinary op, so
+    training is unaffected.
+    """
+    if not x.requires_grad and isinstance(module, nn.SiLU):
+        return F.silu(x, inplace=True)
+    return module(x)
+
+
+def add_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``out + other``, written into ``out`` when no gradient flows (``out`` must be fresh)."""
+    if out.requires_grad or other.requires_grad:
+        return out + other
+    return out.add_(other)
+
+
 def activation(name: str) -> nn.Module:
     """The activation module named in a diffusers config (``act_fn``)."""
     try:
@@ -67,21 +85,21 @@ class ResnetBlock2D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(self.nonlinearity(self.norm1(x)))
+        h = self.conv1(act_(self.nonlinearity, self.norm1(x)))
         scale_shift = None
         if self.time_emb_proj is not None and temb is not None:
             t = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
             if self.time_embedding_norm == "default":
-                h = h + t
+                h = add_(h, t)
             else:
                 scale_shift = t.chunk(2, dim=1)
         h = self.norm2(h)
         if scale_shift is not None:
             h = h * (1 + scale_shift[0]) + scale_shift[1]
-        h = self.conv2(self.dropout(self.nonlinearity(h)))
+        h = self.conv2(self.dropout(act_(self.nonlinearity, h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        out = x + h
+        out = add_(h, x)  # h is fresh from conv2, so it may take the sum in place
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -164,3 +166,21 @@ def test_config_is_frozen_and_has_diffusers_defaults() -> None:
         UNet2DConditionModel(dict(UNET_COND_CONFIGS["sd1_like"], addition_embed_type="text_time"))
     with pytest.raises(ValueError, match="slice_size"):
         unet.set_attention_slice("sometimes")
+    clone = copy.deepcopy(unet)  # EMA copies and caches deep-copy models
+    assert clone.config == unet.config and clone.config is not unet.config
+    assert pickle.loads(pickle.dumps(unet.config))["cross_attention_dim"] == 32
+
+
+def test_channels_last_and_inference_in_place_paths_match() -> None:
+    """channels_last weights/inputs, and no_grad (in-place) vs grad-tracking forward."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(UNET_COND_CONFIGS["sd2_like"]).eval()
+    gen = torch.Generator().manual_seed(6)
+    x, ctx = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 5, 48, generator=gen)
+    tracked = unet(x, 20, ctx)
+    with torch.no_grad():
+        plain = unet(x, 20, ctx)
+        assert rel_err(plain, tracked.detach()) < TOL
+        unet.to(memory_format=torch.channels_last)
+        fast = unet(x.to(memory_format=torch.channels_last), 20, ctx)
+        assert rel_err(fast, plain) < TOL
