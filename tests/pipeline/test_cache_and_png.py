@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from graph_runtime.cache import OutputCache
+from graph_runtime.cache import OutputCache, measure
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
 from graph_runtime.nodes import REGISTRY
@@ -47,6 +47,8 @@ def test_seed_change_reruns_only_noise_denoise_decode_save(
     assert sorted(first.executed, key=int) == ["1", "2", "3", "4", "5", "6", "7"]
     unet = first.outputs["1"]["unet"]
     assert type(unet.model).__module__.startswith("nodes.diffusion")
+    params = sum(t.numel() * t.element_size() for t in unet.model.parameters())
+    assert measure(unet)["cpu"] >= params  # models count in the cache by their weights
 
     again = run(ex, small_txt2img(tiny_sd_dir, "4.seed=123"), tmp_path)
     assert sorted(again.executed, key=int) == ["4", "5", "6", "7"]
