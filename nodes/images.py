@@ -241,3 +241,22 @@ def image_grid(
             strip = _caption_strip(row, cols, w, gap, cap)
             grid[y: y + cap, : strip.shape[1]] = strip
     return Image(grid[None])
+
+
+@node("ResizeImage", category="image", output="images", display_name="Resize Image")
+def resize_image(
+    images: Image,
+    width: int = Int(512, min=0, max=8192, step=8, tooltip="0: keep the aspect ratio"),
+    height: int = Int(512, min=0, max=8192, step=8, tooltip="0: keep the aspect ratio"),
+    method: str = Choice(["lanczos", "bicubic", "bilinear", "nearest"], default="lanczos"),
+) -> Image:
+    """Resize a batch (e.g. a photo to a multiple of 8 before VAEEncode)."""
+    _, h, w, _ = images.pixels.shape
+    if width == 0 and height == 0:
+        return images
+    width = width or max(1, round(w * height / h))
+    height = height or max(1, round(h * width / w))
+    resample = getattr(PILImage.Resampling, method.upper())
+    out = [np.asarray(to_pil(px).resize((width, height), resample), dtype=np.float32) / 255.0
+           for px in images.pixels]
+    return Image(torch.from_numpy(np.stack(out)).reshape(len(out), height, width, -1))

@@ -176,3 +176,16 @@ def test_progress_counts_user_steps() -> None:
     assert sampling.step_counter(5, 4, 1) == [0, 1, 2, 3, 4]  # PNDM, 4 steps
     assert sampling.step_counter(7, 4, 2) == [0, 1, 0, 2, 0, 3, 4]  # Heun, 4 steps
     assert sampling.step_counter(4, 4, 1) == [1, 2, 3, 4]
+
+
+def test_every_offered_scheduler_exists() -> None:
+    from nodes.diffusion.schedulers import SCHEDULERS
+
+    assert sorted(loaders.SCHEDULER_TYPES) == sorted(SCHEDULERS)
+
+
+def test_resize_image_keeps_aspect() -> None:
+    imgs = Image(torch.rand(2, 30, 60, 3))
+    out = image_nodes.resize_image(imgs, 64, 0, "bilinear").pixels
+    assert tuple(out.shape) == (2, 32, 64, 3)
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
