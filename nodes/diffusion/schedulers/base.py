@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ def read_scheduler_config(path: str | Path) -> dict[str, Any]:
     raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
 
 
-class Scheduler:
+class Scheduler(ABC):
     """Config and noise schedule common to all schedulers.
 
     Subclasses list their config keys and defaults in ``defaults`` (diffusers' ``__init__``
@@ -112,8 +113,21 @@ class Scheduler:
         self._begin_index: int | None = None
         self._setup()
 
+    @abstractmethod
     def _setup(self) -> None:
-        """Build the scheduler's own state from ``self.config`` (overridden by subclasses)."""
+        """Build the scheduler's own state (tables, history) from ``self.config``."""
+
+    @abstractmethod
+    def set_timesteps(
+        self, num_inference_steps: int, device: str | torch.device | None = None
+    ) -> None:
+        """Lay out the ``num_inference_steps`` denoising steps and forget any previous run."""
+
+    @abstractmethod
+    def step(
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, **options: Any
+    ) -> SchedulerOutput:
+        """Move ``sample`` one step towards less noise, given the model's output at ``timestep``."""
 
     # ---------------------------------------------------------------- config
     @property

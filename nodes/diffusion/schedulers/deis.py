@@ -110,7 +110,8 @@ class DEISMultistepScheduler(SolverScheduler):
         m0, m1 = self.model_outputs[-1], self.model_outputs[-2]
         rho_t, rho_s0, rho_s1 = sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1
 
-        def ind_fn(t, b, c):  # integral of the Lagrange basis of node b (other node c)
+        # Integral of the Lagrange basis polynomial of node b (other node c) in log rho.
+        def ind_fn(t: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             return t * (-log(c) + log(t) - 1) / (log(b) - log(c))
 
         coef1 = ind_fn(rho_t, rho_s0, rho_s1) - ind_fn(rho_s0, rho_s0, rho_s1)
@@ -127,7 +128,10 @@ class DEISMultistepScheduler(SolverScheduler):
         rho_t, rho_s0 = sigma_t / alpha_t, sigma_s0 / alpha_s0
         rho_s1, rho_s2 = sigma_s1 / alpha_s1, sigma_s2 / alpha_s2
 
-        def ind_fn(t, b, c, d):  # integral of the Lagrange basis of node b (others c, d)
+        # Integral of the Lagrange basis polynomial of node b (others c, d) in log rho.
+        def ind_fn(
+            t: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor
+        ) -> torch.Tensor:
             numerator = t * (
                 log(c) * (log(d) - log(t) + 1)
                 - log(d) * log(t)

@@ -111,7 +111,9 @@ class UniPCMultistepScheduler(SolverScheduler):
     def _lambda(self, index: int) -> torch.Tensor:
         return self._alpha_sigma_lambda(index)[2]
 
-    def _bh_system(self, h: torch.Tensor, rks: list[torch.Tensor], order: int):
+    def _bh_system(
+        self, h: torch.Tensor, rks: list[torch.Tensor], order: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The order conditions of UniPC: R (powers of the step ratios r_k) and b (phi terms)."""
         rks = torch.stack(rks + [torch.ones(())])
         hh = -h if self.predict_x0 else h
@@ -127,8 +129,11 @@ class UniPCMultistepScheduler(SolverScheduler):
             h_phi_k = h_phi_k / hh - 1 / factorial_i
         return torch.stack(R), torch.stack(b), h_phi_1, B_h
 
-    def _exponential_step(self, x, m0, t_index, s_index, h_phi_1) -> torch.Tensor:
-        """The first-order (DDIM-like) part of both the predictor and the corrector."""
+    def _exponential_step(
+        self, x: torch.Tensor, m0: torch.Tensor, t_index: int, s_index: int, h_phi_1: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first-order (DDIM-like) part of both the predictor and the corrector, and the
+        factor (alpha_t or sigma_t) that scales the higher-order correction."""
         alpha_t, sigma_t = self._alpha_sigma(t_index)
         alpha_s0, sigma_s0 = self._alpha_sigma(s_index)
         if self.predict_x0:
