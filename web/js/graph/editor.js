@@ -7,6 +7,8 @@ import { contentBottom, registerSchemas, SEED_CONTROLS } from "./node-types.js";
 import { TYPE_COLOURS } from "./theme.js";
 
 const MAX_SEED = 2 ** 32;
+// Below this zoom node text becomes unreadable; bigger graphs are shown from the top left.
+const MIN_FIT_SCALE = 0.55;
 
 // INT may feed FLOAT; otherwise types must match exactly (as graph_runtime.nodes says).
 function compatible(out, inp) {
@@ -42,6 +44,7 @@ export class Editor {
     this.canvas.clear_background_color = "#12161b";
     this.canvas.render_canvas_border = false;
     this.canvas.show_info = false;
+    this.canvas.low_quality_zoom_threshold = 0.5;
     this.canvas.default_connection_color_byType = { ...TYPE_COLOURS };
     this.canvas.default_connection_color_byTypeOff = { ...TYPE_COLOURS };
     this.types = new Set();
@@ -199,9 +202,15 @@ export class Editor {
     if (!this.graph._nodes.length) return;
     const [x0, y0, x1, y1] = this.bounds();
     const [w, h] = this.viewSize();
-    const scale = Math.min(1.2, Math.max(0.25, Math.min((w - 80) / (x1 - x0), (h - 80) / (y1 - y0))));
+    const fit = Math.min((w - 80) / (x1 - x0), (h - 80) / (y1 - y0));
+    const scale = Math.min(1.1, Math.max(MIN_FIT_SCALE, fit));
     this.canvas.ds.scale = scale;
-    this.canvas.ds.offset = [(w / scale - (x1 - x0)) / 2 - x0, (h / scale - (y1 - y0)) / 2 - y0];
+    if (fit >= MIN_FIT_SCALE) {
+      this.canvas.ds.offset = [(w / scale - (x1 - x0)) / 2 - x0, (h / scale - (y1 - y0)) / 2 - y0];
+    } else { // too big to fit legibly: show its top left corner, centred horizontally if it fits
+      const left = x1 - x0 <= (w - 80) / scale ? (w / scale - (x1 - x0)) / 2 : 40 / scale;
+      this.canvas.ds.offset = [left - x0, 40 / scale - y0];
+    }
     this.canvas.setDirty(true, true);
   }
 
