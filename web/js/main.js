@@ -1,12 +1,11 @@
 // The canvas application: palette, workflow menu, queueing, live run state, drag and drop.
 
 import { api, ApiError, connectEvents } from "./api.js";
-import { askName, pickWorkflow, toast } from "./dialogs.js";
+import { pickWorkflow, toast } from "./dialogs.js";
+import { Documents } from "./documents.js";
 import { Editor } from "./graph/editor.js";
 import { buildPalette, DRAG_MIME } from "./palette.js";
-import { workflowFromPng } from "./png.js";
 
-const STORE_KEY = "noodle.workflow.v1";
 // Nodes that read an image from the input folder, and the input that names it.
 const IMAGE_UPLOADS = { LoadImage: "path" };
 const $ = (sel) => document.querySelector(sel);
@@ -28,9 +27,11 @@ function clientId() {
 class App {
   constructor() {
     this.clientId = clientId();
-    this.current = { name: "", source: null };
-    this.lastSaved = "";
-    this.editor = new Editor($("#graph"), { onChange: () => this.persistSoon() });
+    this.editor = new Editor($("#graph"), { onChange: () => this.docs.persistSoon() });
+    this.docs = new Documents(this.editor, (missing) => {
+      this.clearMessages();
+      if (missing.length) this.message(`Unknown node types: ${missing.join(", ")}`, "error");
+    });
     this.messages = $("#messages");
     this.finished = new Set();
   }
@@ -41,140 +42,21 @@ class App {
     buildPalette($("#palette"), schemas, (type, pos) => this.editor.addNode(type, pos));
     this.bindUi();
     this.resize();
-    await this.restore();
+    await this.docs.restore();
     connectEvents(this.clientId, (m) => this.onEvent(m), (up) => {
       $("#connection").classList.toggle("down", !up);
       $("#connection").title = up ? "Connected" : "Reconnecting…";
     });
-    setInterval(() => this.persist(), 1500);
+    setInterval(() => this.docs.persist(), 1500);
     document.body.dataset.ready = "true";
   }
 
-  // ------------------------------------------------------------ workflow in and out
-  async restore() {
-    const stored = localStorage.getItem(STORE_KEY);
-    if (stored) {
-      try {
-        const { doc, name, source } = JSON.parse(stored);
-        this.loadDoc(doc, { name, source, fit: false });
-        return;
-      } catch (err) {
-        localStorage.removeItem(STORE_KEY);
-      }
-    }
-    await this.openWorkflow({ name: "txt2img", source: "shipped" }, { quiet: true });
+  loadDoc(doc, options) {
+    this.docs.loadDoc(doc, options);
   }
 
-  loadDoc(doc, { name = doc.name ?? "", source = null, fit = true } = {}) {
-    const missing = this.editor.load(doc);
-    this.current = { name, source };
-    this.showName();
-    this.clearMessages();
-    if (fit && (!doc.ui?.viewport || !this.editor.allVisible())) this.editor.fitView();
-    if (missing.length) this.message(`Unknown node types: ${missing.join(", ")}`, "error");
-    this.persist();
-  }
-
-  async openWorkflow(w, { quiet = false } = {}) {
-    try {
-      const doc = await api.loadWorkflow(w.name, w.source);
-      this.loadDoc(doc, { name: w.name, source: w.source });
-    } catch (err) {
-      if (!quiet) toast(`Could not open ${w.name}: ${err.message}`, "error");
-    }
-  }
-
-  showName() {
-    const label = this.current.name || "untitled";
-    $("#workflow-name").textContent = label + (this.current.source === "shipped" ? " (example)" : "");
-    document.title = `${label} · Noodle`;
-  }
-
-  persistSoon() {
-    clearTimeout(this.persistTimer);
-    this.persistTimer = setTimeout(() => this.persist(), 300);
-  }
-
-  persist() {
-    const doc = this.editor.serialize();
-    const text = JSON.stringify({ doc, name: this.current.name, source: this.current.source });
-    if (text !== this.lastSaved) {
-      localStorage.setItem(STORE_KEY, text);
-      this.lastSaved = text;
-    }
-  }
-
-  async save(asNew = false) {
-    let name = this.current.source === "user" && !asNew ? this.current.name : null;
-    name ??= await askName("Save workflow as", this.current.name || "my-workflow");
-    if (!name) return;
-    const doc = this.editor.serialize();
-    doc.name = name;
-    try {
-      const res = await api.saveWorkflow(name, doc);
-      this.editor.name = name;
-      this.current = { name: res.name, source: "user" };
-      this.showName();
-      toast(`Saved “${res.name}”`, "ok");
-    } catch (err) {
-      toast(`Save failed: ${err.message}`, "error");
-    }
-  }
-
-  async rename(w = this.current) {
-    if (w.source !== "user") return this.save(true);
-    const name = await askName("Rename workflow", w.name);
-    if (!name || name === w.name) return;
-    try {
-      const doc = w === this.current ? this.editor.serialize() : await api.loadWorkflow(w.name, "user");
-      doc.name = name;
-      await api.saveWorkflow(name, doc);
-      await api.deleteWorkflow(w.name);
-      if (w.name === this.current.name && this.current.source === "user") {
-        this.editor.name = name;
-        this.current = { name, source: "user" };
-        this.showName();
-      }
-      toast(`Renamed to “${name}”`, "ok");
-    } catch (err) {
-      toast(`Rename failed: ${err.message}`, "error");
-    }
-  }
-
-  async remove(w) {
-    try {
-      await api.deleteWorkflow(w.name);
-      toast(`Deleted “${w.name}”`, "ok");
-      if (w.name === this.current.name && this.current.source === "user") this.current.source = null;
-    } catch (err) {
-      toast(`Delete failed: ${err.message}`, "error");
-    }
-  }
-
-  download() {
-    const doc = this.editor.serialize();
-    const blob = new Blob([JSON.stringify(doc, null, 2) + "\n"], { type: "application/json" });
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(blob);
-    a.download = `${this.current.name || "workflow"}.json`;
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-  }
-
-  async loadFile(file) {
-    try {
-      let doc;
-      if (file.type === "image/png" || /\.png$/i.test(file.name)) {
-        doc = await workflowFromPng(await file.arrayBuffer());
-        if (!doc) throw new Error("this PNG carries no workflow");
-      } else {
-        doc = JSON.parse(await file.text());
-      }
-      this.loadDoc(doc, { name: doc.name || file.name.replace(/\.(json|png)$/i, ""), source: null });
-      toast(`Loaded ${file.name}`, "ok");
-    } catch (err) {
-      toast(`Cannot load ${file.name}: ${err.message}`, "error");
-    }
+  openWorkflow(w) {
+    return this.docs.openWorkflow(w);
   }
 
   pickUpload(nodeId, input) {
@@ -302,7 +184,7 @@ class App {
         this.queue();
       } else if ((e.ctrlKey || e.metaKey) && e.key === "s") {
         e.preventDefault();
-        this.save();
+        this.docs.save();
       }
     }, true);
     const menu = $("#workflow-menu");
@@ -314,14 +196,14 @@ class App {
       if (!menu.hidden && !menu.contains(e.target) && e.target !== $("#workflow-button")) menu.hidden = true;
     });
     const actions = {
-      new: () => { this.editor.clear(); this.current = { name: "", source: null }; this.showName(); },
+      new: () => this.docs.newDocument(),
       open: async () => pickWorkflow((await api.workflows()).workflows, {
-        open: (w) => this.openWorkflow(w), rename: (w) => this.rename(w), remove: (w) => this.remove(w),
+        open: (w) => this.docs.openWorkflow(w), rename: (w) => this.docs.rename(w), remove: (w) => this.docs.remove(w),
       }),
-      save: () => this.save(false),
-      "save-as": () => this.save(true),
-      rename: () => this.rename(),
-      download: () => this.download(),
+      save: () => this.docs.save(false),
+      "save-as": () => this.docs.save(true),
+      rename: () => this.docs.rename(),
+      download: () => this.docs.download(),
       upload: () => $("#file-input").click(),
     };
     menu.addEventListener("click", (e) => {
@@ -332,7 +214,7 @@ class App {
     });
     $("#file-input").addEventListener("change", (e) => {
       const f = e.target.files?.[0];
-      if (f) this.loadFile(f);
+      if (f) this.docs.loadFile(f);
       e.target.value = "";
     });
     const stage = $("#stage");
@@ -346,7 +228,7 @@ class App {
       stage.classList.remove("dropping");
       const type = e.dataTransfer.getData(DRAG_MIME);
       if (type) this.editor.addNode(type, this.editor.screenToGraph(e.clientX, e.clientY));
-      else if (e.dataTransfer.files?.length) this.loadFile(e.dataTransfer.files[0]);
+      else if (e.dataTransfer.files?.length) this.docs.loadFile(e.dataTransfer.files[0]);
     });
   }
 
@@ -359,7 +241,7 @@ class App {
         b.textContent = w.name;
         b.title = w.description;
         b.dataset.example = w.name;
-        b.addEventListener("click", () => { $("#workflow-menu").hidden = true; this.openWorkflow(w); });
+        b.addEventListener("click", () => { $("#workflow-menu").hidden = true; this.docs.openWorkflow(w); });
         return b;
       }));
     } catch (err) {

@@ -1,0 +1,151 @@
+// The open workflow as a document: its name and where it came from (user / shipped / file),
+// kept in localStorage across reloads, opened, saved, renamed, deleted, downloaded, dropped.
+
+import { api } from "./api.js";
+import { askName, toast } from "./dialogs.js";
+import { workflowFromPng } from "./png.js";
+
+const STORE_KEY = "noodle.workflow.v1";
+const DEFAULT_WORKFLOW = { name: "txt2img", source: "shipped" };
+const $ = (sel) => document.querySelector(sel);
+
+export class Documents {
+  // `onLoaded(missingTypes)` runs after every load (to reset messages, report unknown nodes).
+  constructor(editor, onLoaded) {
+    this.editor = editor;
+    this.onLoaded = onLoaded;
+    this.current = { name: "", source: null };
+    this.lastSaved = "";
+  }
+
+  async restore() {
+    const stored = localStorage.getItem(STORE_KEY);
+    if (stored) {
+      try {
+        const { doc, name, source } = JSON.parse(stored);
+        this.loadDoc(doc, { name, source, fit: false });
+        return;
+      } catch (err) {
+        localStorage.removeItem(STORE_KEY);
+      }
+    }
+    await this.openWorkflow(DEFAULT_WORKFLOW, { quiet: true });
+  }
+
+  loadDoc(doc, { name = doc.name ?? "", source = null, fit = true } = {}) {
+    const missing = this.editor.load(doc);
+    this.current = { name, source };
+    this.showName();
+    if (fit && (!doc.ui?.viewport || !this.editor.allVisible())) this.editor.fitView();
+    this.onLoaded(missing);
+    this.persist();
+  }
+
+  async openWorkflow(w, { quiet = false } = {}) {
+    try {
+      const doc = await api.loadWorkflow(w.name, w.source);
+      this.loadDoc(doc, { name: w.name, source: w.source });
+    } catch (err) {
+      if (!quiet) toast(`Could not open ${w.name}: ${err.message}`, "error");
+    }
+  }
+
+  showName() {
+    const label = this.current.name || "untitled";
+    $("#workflow-name").textContent = label + (this.current.source === "shipped" ? " (example)" : "");
+    document.title = `${label} · Noodle`;
+  }
+
+  persistSoon() {
+    clearTimeout(this.persistTimer);
+    this.persistTimer = setTimeout(() => this.persist(), 300);
+  }
+
+  persist() {
+    const doc = this.editor.serialize();
+    const text = JSON.stringify({ doc, name: this.current.name, source: this.current.source });
+    if (text !== this.lastSaved) {
+      localStorage.setItem(STORE_KEY, text);
+      this.lastSaved = text;
+    }
+  }
+
+  async save(asNew = false) {
+    let name = this.current.source === "user" && !asNew ? this.current.name : null;
+    name ??= await askName("Save workflow as", this.current.name || "my-workflow");
+    if (!name) return;
+    const doc = this.editor.serialize();
+    doc.name = name;
+    try {
+      const res = await api.saveWorkflow(name, doc);
+      this.editor.name = name;
+      this.current = { name: res.name, source: "user" };
+      this.showName();
+      toast(`Saved “${res.name}”`, "ok");
+    } catch (err) {
+      toast(`Save failed: ${err.message}`, "error");
+    }
+  }
+
+  async rename(w = this.current) {
+    if (w.source !== "user") return this.save(true);
+    const name = await askName("Rename workflow", w.name);
+    if (!name || name === w.name) return;
+    try {
+      const doc = w === this.current ? this.editor.serialize() : await api.loadWorkflow(w.name, "user");
+      doc.name = name;
+      await api.saveWorkflow(name, doc);
+      await api.deleteWorkflow(w.name);
+      if (w.name === this.current.name && this.current.source === "user") {
+        this.editor.name = name;
+        this.current = { name, source: "user" };
+        this.showName();
+      }
+      toast(`Renamed to “${name}”`, "ok");
+    } catch (err) {
+      toast(`Rename failed: ${err.message}`, "error");
+    }
+  }
+
+  async remove(w) {
+    try {
+      await api.deleteWorkflow(w.name);
+      toast(`Deleted “${w.name}”`, "ok");
+      if (w.name === this.current.name && this.current.source === "user") this.current.source = null;
+    } catch (err) {
+      toast(`Delete failed: ${err.message}`, "error");
+    }
+  }
+
+  download() {
+    const doc = this.editor.serialize();
+    const blob = new Blob([JSON.stringify(doc, null, 2) + "\n"], { type: "application/json" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `${this.current.name || "workflow"}.json`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
+  async loadFile(file) {
+    try {
+      let doc;
+      if (file.type === "image/png" || /\.png$/i.test(file.name)) {
+        doc = await workflowFromPng(await file.arrayBuffer());
+        if (!doc) throw new Error("this PNG carries no workflow");
+      } else {
+        doc = JSON.parse(await file.text());
+      }
+      this.loadDoc(doc, { name: doc.name || file.name.replace(/\.(json|png)$/i, ""), source: null });
+      toast(`Loaded ${file.name}`, "ok");
+    } catch (err) {
+      toast(`Cannot load ${file.name}: ${err.message}`, "error");
+    }
+  }
+
+  newDocument() {
+    this.editor.clear();
+    this.current = { name: "", source: null };
+    this.showName();
+  }
+}
