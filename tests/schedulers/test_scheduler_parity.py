@@ -96,7 +96,7 @@ def assert_same_tables(reference, ours) -> None:
     assert ours.timesteps.dtype == reference.timesteps.dtype
     torch.testing.assert_close(ours.timesteps, reference.timesteps, rtol=0, atol=0)
     if hasattr(reference, "sigmas") and isinstance(reference.sigmas, torch.Tensor):
-        torch.testing.assert_close(ours.sigmas, reference.sigmas, rtol=0, atol=1e-7)
+        torch.testing.assert_close(ours.sigmas, reference.sigmas, rtol=0, atol=0, equal_nan=True)
     init_ref, init_ours = reference.init_noise_sigma, ours.init_noise_sigma
     assert float(init_ours) == pytest.approx(float(init_ref), rel=1e-7)
 
