@@ -285,3 +285,26 @@ def test_upload_image_into_a_load_image_node(page: Any, server: Any, tmp_path: A
     assert (server.input_dir / name).read_bytes() == picture.read_bytes()
     assert "type=input" in images[0]["src"]
     assert page.problems == []
+
+
+def test_running_node_progress_preview_and_stop(page: Any) -> None:
+    doc = {"format": "noodle.workflow", "version": 1, "name": "slow", "nodes": {
+        "1": {"type": "Gradient", "inputs": {"steps": 150, "delay": 0.03, "seed": 5},
+              "ui": {"pos": [80, 80], "size": [300, 420]}},
+        "2": {"type": "SavePicture", "inputs": {"image": {"from": "1", "output": "image"}},
+              "ui": {"pos": [440, 80]}}}}
+    page.evaluate("(doc) => window.noodle.loadDoc(doc)", doc)
+    page.click("#queue")
+    page.wait_for_function("""() => {
+        const n = window.noodle.editor.node('1');
+        return n.noodle.running && n.noodle.progress?.step >= 3 && n.noodle.preview?.complete;
+    }""")
+    assert page.is_visible("#progress")
+    width = page.evaluate("parseFloat(document.querySelector('#progress > div').style.width)")
+    assert 0 < width < 100
+    assert page.text_content("#queue-size").startswith("running")
+    page.click("#interrupt")
+    page.wait_for_function("() => document.querySelector('#status').textContent === 'Interrupted'")
+    assert page.evaluate("window.noodle.editor.node('1').noodle.running") is False
+    assert page.is_hidden("#progress")
+    assert page.evaluate("window.noodle.editor.outputImages('2')") == []
