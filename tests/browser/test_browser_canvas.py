@@ -250,7 +250,9 @@ def test_dropping_a_workflow_json_opens_it(page: Any) -> None:
     doc = {"format": "noodle.workflow", "version": 1, "name": "dropped", "nodes": {
         "7": {"type": "Number", "inputs": {"value": 11}, "ui": {"pos": [50, 50]}},
         "8": {"type": "ShowInt", "inputs": {"value": {"from": "7", "output": "value"}},
-              "ui": {"pos": [400, 50], "title": "Shown"}, "note": "kept"}},
+              "ui": {"pos": [400, 50], "title": "Shown"}, "note": "kept"},
+        "9": {"type": "FromTheFuture", "inputs": {"x": {"from": "7", "output": "value"},
+                                                   "y": 2}, "ui": {"pos": [50, 300]}}},
         "ui": {"groups": [{"title": "G", "bounding": [0, 0, 700, 300], "color": "#335"}]},
         "extra_top": [1, 2]}
     page.evaluate("""(text) => {
@@ -259,12 +261,16 @@ def test_dropping_a_workflow_json_opens_it(page: Any) -> None:
         document.querySelector("#graph").dispatchEvent(new DragEvent("drop",
             {dataTransfer: dt, bubbles: true, cancelable: true, clientX: 500, clientY: 300}));
     }""", json.dumps(doc))
-    page.wait_for_function("() => window.noodle.editor.summary().length === 2")
+    page.wait_for_function("() => window.noodle.editor.summary().length === 3")
+    assert "FromTheFuture" in page.text_content("#messages")
     out = page.evaluate("window.noodle.editor.serialize()")
     assert out["nodes"]["8"]["inputs"]["value"] == {"from": "7", "output": "value"}
     assert out["nodes"]["7"]["inputs"]["value"] == 11
     assert out["nodes"]["8"]["ui"]["title"] == "Shown" and out["nodes"]["8"]["note"] == "kept"
     assert out["ui"]["groups"][0]["title"] == "G" and out["extra_top"] == [1, 2]
+    unknown = out["nodes"]["9"]
+    assert unknown["type"] == "FromTheFuture"
+    assert unknown["inputs"] == doc["nodes"]["9"]["inputs"]
 
 
 def test_upload_image_into_a_load_image_node(page: Any, server: Any, tmp_path: Any) -> None:
