@@ -221,3 +221,24 @@ async def test_websocket_events_go_to_their_client(client: Any) -> None:
             break
     assert kinds == {"status"}
     await other.close()
+
+
+async def test_unexpected_executor_failure_is_recorded_and_queue_continues(client: Any) -> None:
+    queue = client.server.app[QUEUE_KEY]
+    real_run = queue.executor.run
+    calls = []
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("host out of memory")
+        return real_run(*args, **kwargs)
+
+    queue.executor.run = broken_once
+    first = await (await client.post("/api/prompt", json={"workflow": image_workflow()})).json()
+    second = await (await client.post("/api/prompt", json={
+        "workflow": image_workflow(seed=9)})).json()
+    e1 = await wait_history(client, first["prompt_id"])
+    e2 = await wait_history(client, second["prompt_id"])
+    assert e1["status"] == "error" and e1["error"]["exception_type"] == "MemoryError"
+    assert e2["status"] == "success" and len(calls) == 2
