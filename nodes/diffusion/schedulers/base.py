@@ -167,8 +167,13 @@ class Scheduler(ABC):
         return cls.from_config(read_scheduler_config(path))
 
     def to_json_string(self) -> str:
+        """The config as diffusers writes it (arrays as lists, no default-tracking key)."""
         saved = {k: v for k, v in self.config.items() if k != "_use_default_values"}
-        return json.dumps(dict(sorted(saved.items())), indent=2) + "\n"
+
+        def plain(value: Any) -> Any:
+            return value.tolist() if hasattr(value, "tolist") else str(value)
+
+        return json.dumps(dict(sorted(saved.items())), indent=2, default=plain) + "\n"
 
     def save_config(self, folder: str | Path) -> Path:
         target = Path(folder) / CONFIG_NAME
