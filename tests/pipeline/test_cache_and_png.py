@@ -107,3 +107,16 @@ def test_save_never_overwrites(tiny_sd_dir: Path, tmp_path: Path) -> None:
     names = [Path(f).name for f in run(ex, wf, tmp_path).files]
     assert names == ["txt2img_00010_.png", "txt2img_00011_.png"]
     assert (tmp_path / "txt2img_00007_.png").read_bytes() == b"not mine"
+
+
+def test_preview_image_writes_to_the_temp_folder(tiny_sd_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOODLE_TEMP_DIR", str(tmp_path / "temp"))
+    wf = small_txt2img(tiny_sd_dir)
+    wf.nodes["7"] = {"type": "PreviewImage", "inputs": {"images": {"from": "6",
+                                                                    "output": "images"}}}
+    result = run(Executor(REGISTRY, OutputCache()), wf, tmp_path / "output")
+    (path,) = result.files
+    assert Path(path).parent == tmp_path / "temp" and Path(path).is_file()
+    assert result.ui["7"]["images"][0]["type"] == "temp"
+    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").iterdir())
