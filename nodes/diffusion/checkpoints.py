@@ -19,6 +19,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .clip import load_text_encoder, load_tokenizer
 from .devices import pick_device, pick_dtype
 from .hub import ModelNotFoundError, looks_like_repo_id, snapshot
+from .ldm_convert import infer_vae_config_diffusers
 from .single_file import SD1_SCHEDULER, VAE_PREFIX, load_single_file, split_prefix, vae_from_ldm
 from .storage import WeightsError, build_from_state, find_weights, read_weights
 from .unet import UNet2DConditionModel
@@ -204,12 +205,17 @@ def load_vae(
     models_dir: str | Path | None = None,
 ) -> AutoencoderKL:
     """A VAE on its own (to swap in a better one): a pipeline folder's ``vae/``, a VAE
-    folder, or a single file in the LDM layout (whole checkpoint or VAE-only)."""
+    folder, or a single file (whole LDM checkpoint, or a VAE alone in the LDM or the
+    diffusers key layout)."""
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     path = resolve_source(source, models_dir)
     if path.is_file():
         state = read_weights(path)
+        if any(k.startswith("encoder.down_blocks.") for k in state):
+            config = infer_vae_config_diffusers(state)
+            return build_from_state(lambda: AutoencoderKL(config), state,
+                                    _vae_dtype(dtype, torch_dtype, {}), dev, f"VAE {path.name}")
         if any(k.startswith(VAE_PREFIX) for k in state):
             state = {f"{VAE_PREFIX}{k}": v for k, v in split_prefix(state, VAE_PREFIX).items()}
         else:

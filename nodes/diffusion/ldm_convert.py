@@ -152,6 +152,27 @@ def infer_vae_config(v: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+def infer_vae_config_diffusers(v: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """An AutoencoderKL config for a VAE file already in diffusers' key layout."""
+    levels = _indices(v, "encoder.down_blocks.")
+    channels = tuple(
+        int(v[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in levels
+    )
+    return {
+        "in_channels": int(v["encoder.conv_in.weight"].shape[1]),
+        "out_channels": int(v["decoder.conv_out.weight"].shape[0]),
+        "down_block_types": ("DownEncoderBlock2D",) * len(channels),
+        "up_block_types": ("UpDecoderBlock2D",) * len(channels),
+        "block_out_channels": channels,
+        "layers_per_block": len(_indices(v, "encoder.down_blocks.0.resnets.")),
+        "latent_channels": int(v["decoder.conv_in.weight"].shape[1]),
+        "sample_size": 512,
+        "use_quant_conv": "quant_conv.weight" in v,
+        "use_post_quant_conv": "post_quant_conv.weight" in v,
+        "mid_block_add_attention": _has(v, "encoder.mid_block.attentions."),
+    }
+
+
 _VAE_ATTN = {"norm.": "group_norm.", "q.": "to_q.", "k.": "to_k.", "v.": "to_v.",
              "proj_out.": "to_out.0."}
 

@@ -90,6 +90,22 @@ def test_single_file_loads_to_original_outputs(tiny_sd, ldm_file: Path) -> None:
     assert load_scheduler_config(str(ldm_file))["beta_schedule"] == "scaled_linear"
 
 
+def test_vae_alone_in_either_layout(tiny_sd, tmp_path: Path) -> None:  # noqa: ANN001
+    """Standalone VAE files (e.g. sd-vae-ft-mse) ship in the LDM or the diffusers layout."""
+    vae_ref = tiny_sd.pipe.vae
+    ldm = {k.removeprefix("first_stage_model."): v.contiguous()
+           for k, v in vae_to_ldm(vae_ref.state_dict(), dict(vae_ref.config)).items()}
+    save_file(ldm, str(tmp_path / "vae-ldm.safetensors"))
+    save_file({k: v.contiguous() for k, v in vae_ref.state_dict().items()},
+              str(tmp_path / "vae-diffusers.safetensors"))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = vae_ref.decode(z).sample
+        for name in ("vae-ldm.safetensors", "vae-diffusers.safetensors"):
+            vae = load_vae(str(tmp_path / name), dtype="fp32", device="cpu")
+            assert rel_err(vae.decode(z), expected) < TOL
+
+
 def test_single_file_rejects_non_sd(tmp_path: Path) -> None:
     path = tmp_path / "other.safetensors"
     save_file({"foo.weight": torch.zeros(2, 2)}, str(path))
