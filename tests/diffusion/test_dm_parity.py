@@ -184,3 +184,17 @@ def test_channels_last_and_inference_in_place_paths_match() -> None:
         unet.to(memory_format=torch.channels_last)
         fast = unet(x.to(memory_format=torch.channels_last), 20, ctx)
         assert rel_err(fast, plain) < TOL
+
+
+@pytest.mark.parametrize("size", [(4, 4), (8, 8), (5, 7), (16, 16)])
+def test_small_map_convolution_equals_conv2d(size: tuple[int, int]) -> None:
+    """The CPU matrix-product path for small maps is the same convolution."""
+    from nodes.diffusion.resnet import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(24, 40, 3, padding=1)
+    x = torch.randn(3, 24, *size)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    with torch.no_grad():
+        assert rel_err(conv(x), expected) < TOL
+    assert rel_err(conv(x), expected) < TOL  # autograd path: the ordinary convolution
