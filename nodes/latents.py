@@ -17,7 +17,13 @@ from nodes.previews import fit_projection
 from nodes.text import require
 from nodes.types import VAE, Image, Latent, UNet, generator_states, new_generators
 
-SIZE = dict(min=8, max=8192, step=8)
+SIZE = dict(min=0, max=8192, step=8, tooltip="0: the model's native size")
+
+
+def native_size(unet: UNet, factor: int = 1) -> int:
+    """The UNet's `sample_size` in pixels (diffusers' default height and width)."""
+    size = unet.model.config["sample_size"]
+    return int(size[0] if isinstance(size, (list, tuple)) else size) * factor
 
 
 def _check_size(node_type: str, width: int, height: int, factor: int) -> None:
@@ -31,16 +37,18 @@ def _check_size(node_type: str, width: int, height: int, factor: int) -> None:
 def random_latents(
     unet: UNet,
     vae: VAE,
-    width: int = Int(64, **SIZE),
-    height: int = Int(64, **SIZE),
+    width: int = Int(0, **SIZE),
+    height: int = Int(0, **SIZE),
     batch_size: int = Int(1, min=1, max=256),
     seed: int = Seed(0),
 ) -> Latent:
     """Gaussian latents of shape (batch, unet.in_channels, height/f, width/f), f the VAE's
-    downsampling factor; image i uses a CPU generator seeded `seed + i`."""
+    downsampling factor; image i uses a CPU generator seeded `seed + i`. A size of 0 is the
+    model's native size (512 for SD 1.5)."""
     require(unet, "RandomLatents", "unet")
     require(vae, "RandomLatents", "vae")
     factor = vae.scale_factor
+    width, height = width or native_size(unet, factor), height or native_size(unet, factor)
     _check_size("RandomLatents", width, height, factor)
     model = unet.model
     seeds = tuple(seed + i for i in range(batch_size))
@@ -54,14 +62,15 @@ def random_latents(
 @node("RandomNoise", category="latent", output="latents", display_name="Random Noise")
 def random_noise(
     unet: UNet,
-    width: int = Int(64, min=1, max=8192),
-    height: int = Int(64, min=1, max=8192),
+    width: int = Int(0, min=0, max=8192, tooltip="0: the model's native size"),
+    height: int = Int(0, min=0, max=8192, tooltip="0: the model's native size"),
     batch_size: int = Int(1, min=1, max=256),
     seed: int = Seed(0),
 ) -> Latent:
     """Pixel-space Gaussian noise for models without a VAE (DDPM), one generator per image
-    seeded `seed + i`."""
+    seeded `seed + i`. A size of 0 is the model's `sample_size`."""
     require(unet, "RandomNoise", "unet")
+    width, height = width or native_size(unet), height or native_size(unet)
     model = unet.model
     seeds = tuple(seed + i for i in range(batch_size))
     gens = new_generators(seeds)

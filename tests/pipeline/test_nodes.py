@@ -189,3 +189,8 @@ def test_resize_image_keeps_aspect() -> None:
     out = image_nodes.resize_image(imgs, 64, 0, "bilinear").pixels
     assert tuple(out.shape) == (2, 32, 64, 3)
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_size_zero_is_the_native_size(parts: Any) -> None:
+    lat = latent_nodes.random_latents(parts.unet, parts.vae, 0, 0, 1, 0)
+    assert tuple(lat.samples.shape) == (1, 4, 16, 16)  # sample_size 16, VAE factor 2
