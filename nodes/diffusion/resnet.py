@@ -153,7 +153,16 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
-    """Nearest-neighbour 2x (or to an explicit size) followed by a 3x3 convolution."""
+    """Nearest-neighbour 2x (or to an explicit size) followed by a 3x3 convolution.
+
+    For large maps at inference the two steps run in bands of rows, so the 4x-larger
+    upsampled tensor never exists whole: the VAE decoder's last upsampling otherwise holds
+    the biggest activation of the whole decode. Each band carries a one-row halo, so the
+    result is the same convolution.
+    """
+
+    BAND_MIN_PIXELS = 128 * 128  # input maps at least this big are processed in bands
+    BAND_ROWS = 16  # input rows per band
 
     def __init__(self, channels: int, out_channels: int | None = None) -> None:
         super().__init__()
@@ -164,8 +173,30 @@ class Upsample2D(nn.Module):
     ) -> torch.Tensor:
         if x.shape[0] >= 64:
             x = x.contiguous()
+        if (
+            output_size is None
+            and x.shape[-2] * x.shape[-1] >= self.BAND_MIN_PIXELS
+            and not (x.requires_grad or self.conv.weight.requires_grad)
+        ):
+            return self._banded(x)
         if output_size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:
             x = F.interpolate(x, size=output_size, mode="nearest")
         return self.conv(x)
+
+    def _banded(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        weight, bias = self.conv.weight, self.conv.bias
+        out = torch.empty((b, weight.shape[0], 2 * h, 2 * w), dtype=x.dtype, device=x.device)
+        for r0 in range(0, h, self.BAND_ROWS):
+            r1 = min(h, r0 + self.BAND_ROWS)
+            lo, hi = max(0, r0 - 1), min(h, r1 + 1)
+            up = F.interpolate(x[:, :, lo:hi], scale_factor=2.0, mode="nearest")
+            # Output rows [2*r0, 2*r1) need upsampled rows [2*r0 - 1, 2*r1 + 1).
+            start, end = 2 * r0 - 1 - 2 * lo, 2 * r1 + 1 - 2 * lo
+            band = up[:, :, max(start, 0) : min(end, up.shape[2])]
+            if start < 0 or end > up.shape[2]:
+                band = F.pad(band, (0, 0, int(start < 0), int(end > up.shape[2])))
+            out[:, :, 2 * r0 : 2 * r1] = F.conv2d(band, weight, bias, padding=(0, 1))
+        return out

@@ -91,6 +91,22 @@ def test_vae_matches_diffusers(name: str, tmp_path: Path) -> None:
         assert rel_err(ours.decode(z), ref.decode(z).sample) < TOL
 
 
+def test_vae_banded_decode_matches_diffusers(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffusers
+
+    from nodes.diffusion.resnet import Upsample2D
+
+    monkeypatch.setattr(Upsample2D, "BAND_MIN_PIXELS", 1)
+    monkeypatch.setattr(Upsample2D, "BAND_ROWS", 3)
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKL(**VAE_CONFIGS["groups8_no_quant"]).eval()
+    ours = load_model_folder(_saved(ref, tmp_path), AutoencoderKL, None, "cpu")
+    z = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert rel_err(ours.decode(z), ref.decode(z).sample) < TOL
+
+
 def test_vae_slicing_and_tiling_match_diffusers(tmp_path: Path) -> None:
     import diffusers
 
@@ -198,3 +214,19 @@ def test_small_map_convolution_equals_conv2d(size: tuple[int, int]) -> None:
     with torch.no_grad():
         assert rel_err(conv(x), expected) < TOL
     assert rel_err(conv(x), expected) < TOL  # autograd path: the ordinary convolution
+
+
+@pytest.mark.parametrize("size", [(6, 5), (33, 20)])
+def test_banded_upsampling_equals_full(size: tuple[int, int]) -> None:
+    """Upsample-then-convolve in row bands (large maps, inference) is the full operation."""
+    from nodes.diffusion.resnet import Upsample2D
+
+    torch.manual_seed(0)
+    up = Upsample2D(8, 6)
+    up.BAND_MIN_PIXELS, up.BAND_ROWS = 1, 4
+    x = torch.randn(2, 8, *size)
+    full = up.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    with torch.no_grad():
+        banded = up(x)
+    assert banded.shape == full.shape
+    assert rel_err(banded, full) < TOL
