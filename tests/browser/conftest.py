@@ -142,8 +142,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API keeps an event loop running while it is open,
+    which would break the asyncio-based server tests collected after the browser tests."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
