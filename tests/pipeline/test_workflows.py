@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image as PILImage
 
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
@@ -107,3 +108,18 @@ def test_prompt_variants_equal_diffusers_prompt_list(tiny_sd_dir: Path, executor
     assert float(np.abs(ours - theirs).max()) <= 1 / 255
     grid = result.outputs["7"]["images"].pixels
     assert tuple(grid.shape) == (1, IMAGE_SIZE + 12, 4 * IMAGE_SIZE + 3 * 2, 3)
+
+
+@pytest.mark.parametrize("name,model", [("txt2img.json", "noodle-tiny"),
+                                        ("ddpm_unconditional.json", "noodle-tiny-ddpm")])
+def test_default_workflows_run_as_shipped(name: str, model: str, tmp_path: Path) -> None:
+    """The embedded models make the default workflows work on a fresh checkout."""
+    from nodes.loaders import BUNDLED_MODELS
+
+    if not (BUNDLED_MODELS / model / "model_index.json").is_file():
+        pytest.skip(f"models/{model} is not present")
+    result = run(Executor(REGISTRY), load_workflow(WORKFLOWS / name), tmp_path)
+    (png,) = result.files
+    with PILImage.open(png) as img:
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    assert arr.std() > 10  # a picture, not a flat field
