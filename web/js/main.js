@@ -33,7 +33,7 @@ class App {
       if (missing.length) this.message(`Unknown node types: ${missing.join(", ")}`, "error");
     });
     this.messages = $("#messages");
-    this.finished = new Set();
+    this.begun = new Set(); // prompts whose run started: their status is past "Queued"
   }
 
   async start() {
@@ -90,7 +90,7 @@ class App {
     try {
       const res = await api.queue(doc, this.clientId);
       this.editor.advanceSeeds();
-      if (!this.finished.has(res.prompt_id)) $("#status").textContent = `Queued #${res.number}`;
+      if (!this.begun.has(res.prompt_id)) $("#status").textContent = `Queued #${res.number}`;
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
       this.editor.setErrors(err.errors);
@@ -105,11 +105,11 @@ class App {
     switch (type) {
       case "status": {
         const waiting = data.queue_remaining - (data.running ? 1 : 0);
-        $("#queue-size").textContent = data.running
-          ? `running${waiting > 0 ? ` · ${waiting} waiting` : ""}` : waiting > 0 ? `${waiting} waiting` : "idle";
+        $("#queue-size").textContent = waiting > 0 ? `${waiting} waiting` : data.running ? "" : "idle";
         break;
       }
       case "started":
+        this.begun.add(data.prompt_id);
         $("#status").textContent = "Running…";
         ed.runStarted();
         this.setBar(0);
@@ -133,7 +133,7 @@ class App {
         ed.setErrors(data.errors);
         break;
       case "finished":
-        this.finished.add(data.prompt_id);
+        this.begun.add(data.prompt_id);
         ed.setRunning(null);
         this.setBar(null);
         $("#status").textContent = data.ok ? `Done in ${data.seconds.toFixed(1)} s` : data.interrupted ? "Interrupted" : "Failed";

@@ -103,13 +103,13 @@ function roundRect(ctx, x, y, w, h, r) {
   ctx.roundRect(x, y, w, h, r);
 }
 
-function fitImage(ctx, img, x, y, w, h) {
+function fitImage(ctx, img, x, y, w, h, crisp = true) {
   if (!img?.complete || !img.naturalWidth || w < 8 || h < 8) return;
   const scale = Math.min(w / img.naturalWidth, h / img.naturalHeight);
   const dw = img.naturalWidth * scale;
   const dh = img.naturalHeight * scale;
   const smooth = ctx.imageSmoothingEnabled;
-  ctx.imageSmoothingEnabled = scale < 2; // small images enlarged: crisp pixels, not blur
+  ctx.imageSmoothingEnabled = !crisp || scale < 2; // enlarged outputs: crisp pixels, not blur
   ctx.drawImage(img, x + (w - dw) / 2, y + (h - dh) / 2, dw, dh);
   ctx.imageSmoothingEnabled = smooth;
 }
@@ -197,7 +197,8 @@ class NoodleNode extends LGraphNode {
       const rows = Math.ceil(n / cols);
       const cw = (this.size[0] - 12) / cols;
       const ch = h / rows;
-      shown.forEach((img, i) => fitImage(ctx, img, 6 + (i % cols) * cw, top + Math.floor(i / cols) * ch, cw, ch));
+      const crisp = !this.noodle.preview; // step previews are tiny: smooth them instead
+      shown.forEach((img, i) => fitImage(ctx, img, 6 + (i % cols) * cw, top + Math.floor(i / cols) * ch, cw, ch, crisp));
     } else if (this.noodle.texts.length && h > 16) {
       ctx.fillStyle = "#d8dee9";
       ctx.font = "13px ui-monospace, monospace";
