@@ -32,9 +32,9 @@ if __package__ in (None, ""):
 
 from tools import shapes, tiny_model  # noqa: E402
 
-DEFAULT_STEPS = {"vae": 2000, "sd": 6000, "ddpm": 1500}
-BATCH = {"vae": 8, "sd": 32, "ddpm": 32}
-LR = {"vae": 2e-3, "sd": 1e-3, "ddpm": 1e-3}
+DEFAULT_STEPS = {"vae": 2000, "sd": 6000, "ddpm": 1500, "decoder": 1500}
+BATCH = {"vae": 8, "sd": 32, "ddpm": 32, "decoder": 8}
+LR = {"vae": 2e-3, "sd": 1e-3, "ddpm": 1e-3, "decoder": 1e-3}
 # Share of a --minutes cap each phase may use (encoding the dataset comes out of "sd").
 TIME_SHARE = {"vae": 0.18, "sd": 0.72, "ddpm": 0.10}
 N_IMAGES = 8000
@@ -137,6 +137,31 @@ def train_vae(images: torch.Tensor, steps: int, deadline: float, log: Log,
     done = run_loop("vae", steps, deadline, log, [{"params": list(vae.parameters())}],
                     step_fn, lambda: ema.update(vae))
     log(f"vae: {done} steps")
+    return ema.shadow
+
+
+def train_decoder(vae: torch.nn.Module, images: torch.Tensor, steps: int, deadline: float,
+                  log: Log, gen: torch.Generator) -> torch.nn.Module:
+    """Refine the decoder alone on a trained VAE. The encoder is frozen, so latents (and a
+    UNet trained on them) stay valid while colours and edges get sharper."""
+    vae.train()
+    frozen = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
+    for p in frozen:
+        p.requires_grad_(False)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    ema = EMA(vae, 0.995)
+
+    def step_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(0, len(images), (BATCH["decoder"],), generator=gen)
+        x = images[idx]
+        with torch.no_grad():
+            z = vae.encode(x).sample(generator=gen)
+        recon = vae.decode(z)
+        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+
+    done = run_loop("decoder", steps, deadline, log, [{"params": trainable}], step_fn,
+                    lambda: ema.update(vae))
+    log(f"decoder: {done} steps")
     return ema.shadow
 
 
@@ -257,7 +282,8 @@ def folder_mb(folder: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=tiny_model.REPO_ROOT / "models")
-    parser.add_argument("--only", choices=["all", "vae+sd", "sd", "ddpm"], default="all")
+    parser.add_argument("--only", choices=["all", "vae+sd", "sd", "ddpm", "decoder"],
+                        default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply all step counts")
@@ -293,6 +319,16 @@ def main(argv: list[str] | None = None) -> int:
         tiny_model.save_sd_pipeline(sd_dir, text_encoder, unet, vae, scale)
         log(f"saved {sd_dir} ({folder_mb(sd_dir):.1f} MB of weights)")
         (sd_dir / "training_log.txt").write_text("\n".join(log.lines) + "\n")
+    if args.only == "decoder":
+        vae, scale = load_saved_vae(sd_dir / "vae")
+        vae = train_decoder(vae, images, steps["decoder"], log.start + budget, log,
+                            phase_generator(args.seed, "decoder"))
+        log(f"vae: reconstruction error {reconstruction_error(vae, images[:256]):.2f}/255")
+        tiny_model.save_diffusers_model(vae, sd_dir / "vae", "AutoencoderKL",
+                                        config_overrides={"scaling_factor": scale})
+        log(f"saved {sd_dir / 'vae'}")
+        with (sd_dir / "training_log.txt").open("a") as f:
+            f.write("\n".join(log.lines) + "\n")
     if args.only in ("all", "ddpm"):
         unet2d = train_ddpm(images, steps["ddpm"], log.start + budget, log,
                             phase_generator(args.seed, "ddpm"))
