@@ -188,8 +188,8 @@ def reconstruction_error(vae: torch.nn.Module, images: torch.Tensor) -> float:
 
 
 def train_sd(mean: torch.Tensor, std: torch.Tensor, scale: float, captions: list[str],
-             steps: int, deadline: float, log: Log,
-             gen: torch.Generator) -> tuple[torch.nn.Module, torch.nn.Module]:
+             steps: int, deadline: float, log: Log, gen: torch.Generator,
+             resume_from: Path | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
     """UNet + text encoder on epsilon prediction, SD's scaled_linear schedule, min-SNR
     weighting (faster convergence at the same quality), 10 % empty captions for guidance."""
     from transformers import CLIPTokenizer
@@ -205,6 +205,13 @@ def train_sd(mean: torch.Tensor, std: torch.Tensor, scale: float, captions: list
 
     unet = tiny_model.build_unet().train()
     text_encoder = tiny_model.build_text_encoder().train()
+    if resume_from is not None:
+        # Continue from saved weights: longer training without starting over.
+        unet.load_state_dict(load_file(str(resume_from / "unet"
+                                           / "diffusion_pytorch_model.safetensors")))
+        text_encoder.load_state_dict(load_file(str(resume_from / "text_encoder"
+                                                   / "model.safetensors")), strict=False)
+        log(f"sd: resuming from {resume_from}")
     ema_unet, ema_text = EMA(unet, 0.999), EMA(text_encoder, 0.999)
     ac = tiny_model.alphas_cumprod(tiny_model.SD_SCHEDULER_CONFIG)
     snr = ac / (1 - ac)
@@ -288,11 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply all step counts")
     parser.add_argument("--minutes", type=float, default=None, help="wall-time cap")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --only sd: continue from the saved UNet and text encoder")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="multiply the learning rates (e.g. 0.4 when resuming)")
     for phase in DEFAULT_STEPS:
         parser.add_argument(f"--{phase}-steps", type=int, default=None)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    for key in LR:
+        LR[key] *= args.lr_scale
     steps = {k: max(1, round((getattr(args, f"{k}_steps") or v) * args.scale))
              for k, v in DEFAULT_STEPS.items()}
     budget = (args.minutes or 1e9) * 60
@@ -315,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         gen = phase_generator(args.seed, "sd")
         mean, std, scale = encode_dataset(vae, images, gen)
         text_encoder, unet = train_sd(mean, std, scale, captions, steps["sd"],
-                                      log.start + budget * (1 - TIME_SHARE["ddpm"]), log, gen)
+                                      log.start + budget * (1 - TIME_SHARE["ddpm"]), log, gen,
+                                      resume_from=sd_dir if args.resume else None)
         tiny_model.save_sd_pipeline(sd_dir, text_encoder, unet, vae, scale)
         log(f"saved {sd_dir} ({folder_mb(sd_dir):.1f} MB of weights)")
-        (sd_dir / "training_log.txt").write_text("\n".join(log.lines) + "\n")
+        mode = "a" if args.resume else "w"
+        with (sd_dir / "training_log.txt").open(mode) as f:
+            f.write("\n".join(log.lines) + "\n")
     if args.only == "decoder":
         vae, scale = load_saved_vae(sd_dir / "vae")
         vae = train_decoder(vae, images, steps["decoder"], log.start + budget, log,

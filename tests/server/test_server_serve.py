@@ -42,7 +42,9 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         [sys.executable, "-m", "graph_runtime.cli", "serve", "--port", str(port),
          "--nodes", "serve_nodes", "--output-dir", str(tmp_path / "out")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1])])})
+        # Folder settings from other tests in this process must not leak into the command.
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("NOODLE_")},
+             "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1])])})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
