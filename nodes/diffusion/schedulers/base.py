@@ -27,10 +27,28 @@ from .schedule import (
     make_betas,
     rescale_zero_terminal_snr,
     sigmas_to_timesteps,
+    threshold_sample,
 )
 
 CONFIG_NAME = "scheduler_config.json"
 _REGISTRY: dict[str, type[Scheduler]] = {}
+
+# The training noise schedule every scheduler's config starts with (diffusers' defaults);
+# a class merges it first into its own ``defaults`` so key order matches diffusers.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+}
+
+# The sigma respacing switches read by ``IndexedScheduler._reshape_sigmas``.
+SIGMA_SPACING_DEFAULTS: dict[str, Any] = {
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+}
 
 
 @dataclass
@@ -197,6 +215,31 @@ class Scheduler(ABC):
         """Most schedulers feed the model the sample unchanged."""
         return sample
 
+    def _x0_from_alpha_prod(
+        self, model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor
+    ) -> torch.Tensor:
+        """x_0 from the model output at a timestep with cumulative alpha ``alpha_prod_t``."""
+        beta_prod_t = 1 - alpha_prod_t
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+        if prediction == "sample":
+            return model_output
+        if prediction == "v_prediction":
+            return alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
+        raise ValueError(f"prediction_type {prediction!r} must be epsilon, sample or v_prediction")
+
+    def _clip_x0(self, pred_x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding if configured, else clipping to ``clip_sample_range``."""
+        if self.config.thresholding:
+            return threshold_sample(
+                pred_x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value
+            )
+        if self.config.clip_sample:
+            limit = self.config.clip_sample_range
+            return pred_x0.clamp(-limit, limit)
+        return pred_x0
+
     def _add_noise_by_alphas_cumprod(
         self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
@@ -243,6 +286,11 @@ class IndexedScheduler(Scheduler):
         # A repeated timestep (Heun, KDPM2) is entered at its second occurrence, so that a
         # schedule started part-way (img2img) does not skip a step.
         return candidates[1 if len(candidates) > 1 else 0].item()
+
+    def _reset_step_index(self) -> None:
+        """A new schedule: the counter restarts from the first timestep ``step`` is given."""
+        self._step_index = None
+        self._begin_index = None
 
     def _init_step_index(self, timestep: Any) -> None:
         if self._begin_index is None:

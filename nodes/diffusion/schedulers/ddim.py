@@ -10,17 +10,13 @@ from typing import Any
 
 import torch
 
-from .base import Scheduler, SchedulerOutput
-from .schedule import discrete_timesteps, randn, threshold_sample
+from .base import TRAINING_DEFAULTS, Scheduler, SchedulerOutput
+from .schedule import discrete_timesteps, randn
 
 
 class DDIMScheduler(Scheduler):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
+        **TRAINING_DEFAULTS,
         "clip_sample": True,
         "set_alpha_to_one": True,
         "steps_offset": 0,
@@ -75,29 +71,16 @@ class DDIMScheduler(Scheduler):
         alpha_prod_t_prev = self._alpha_prod(prev_timestep)
         beta_prod_t = 1 - alpha_prod_t
 
-        # x_0 and epsilon from whatever the model predicts.
+        # x_0 and epsilon from whatever the model predicts (epsilon before any clipping).
+        pred_x0 = self._x0_from_alpha_prod(model_output, sample, alpha_prod_t)
         prediction = self.config.prediction_type
         if prediction == "epsilon":
-            pred_x0 = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
             pred_eps = model_output
         elif prediction == "sample":
-            pred_x0 = model_output
             pred_eps = (sample - alpha_prod_t**0.5 * pred_x0) / beta_prod_t**0.5
-        elif prediction == "v_prediction":
-            pred_x0 = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
-            pred_eps = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
         else:
-            raise ValueError(
-                f"prediction_type {prediction!r} must be epsilon, sample or v_prediction"
-            )
-
-        if self.config.thresholding:
-            pred_x0 = threshold_sample(
-                pred_x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value
-            )
-        elif self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            pred_x0 = pred_x0.clamp(-limit, limit)
+            pred_eps = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+        pred_x0 = self._clip_x0(pred_x0)
 
         # sigma_t of eq. 16, scaled by eta.
         beta_prod_t_prev = 1 - alpha_prod_t_prev

@@ -10,17 +10,13 @@ from typing import Any
 
 import torch
 
-from .base import Scheduler, SchedulerOutput
-from .schedule import discrete_timesteps, randn, threshold_sample
+from .base import TRAINING_DEFAULTS, Scheduler, SchedulerOutput
+from .schedule import discrete_timesteps, randn
 
 
 class DDPMScheduler(Scheduler):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
+        **TRAINING_DEFAULTS,
         "variance_type": "fixed_small",
         "clip_sample": True,
         "prediction_type": "epsilon",
@@ -121,24 +117,7 @@ class DDPMScheduler(Scheduler):
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
 
-        prediction = self.config.prediction_type
-        if prediction == "epsilon":
-            pred_x0 = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
-        elif prediction == "sample":
-            pred_x0 = model_output
-        elif prediction == "v_prediction":
-            pred_x0 = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
-        else:
-            raise ValueError(
-                f"prediction_type {prediction!r} must be epsilon, sample or v_prediction"
-            )
-        if self.config.thresholding:
-            pred_x0 = threshold_sample(
-                pred_x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value
-            )
-        elif self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            pred_x0 = pred_x0.clamp(-limit, limit)
+        pred_x0 = self._clip_x0(self._x0_from_alpha_prod(model_output, sample, alpha_prod_t))
 
         # Posterior mean (eq. 7): a blend of the predicted x_0 and the current sample.
         x0_coeff = alpha_prod_t_prev**0.5 * current_beta_t / beta_prod_t

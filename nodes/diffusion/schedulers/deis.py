@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput
-from .families import SolverScheduler
+from .base import SIGMA_SPACING_DEFAULTS, SchedulerOutput
+from .families import SOLVER_DEFAULTS, SolverScheduler
 from .schedule import solver_timesteps, threshold_sample
 
 
@@ -26,22 +26,11 @@ def log(x: torch.Tensor) -> torch.Tensor:
 
 class DEISMultistepScheduler(SolverScheduler):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
-        "solver_order": 2,
-        "prediction_type": "epsilon",
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "sample_max_value": 1.0,
+        **SOLVER_DEFAULTS,
         "algorithm_type": "deis",
         "solver_type": "logrho",
         "lower_order_final": True,
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-        "use_beta_sigmas": False,
+        **SIGMA_SPACING_DEFAULTS,
         "use_flow_sigmas": False,
         "flow_shift": 1.0,
         "timestep_spacing": "linspace",

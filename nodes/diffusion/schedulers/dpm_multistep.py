@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput
-from .families import SolverScheduler
+from .base import SIGMA_SPACING_DEFAULTS, SchedulerOutput
+from .families import SOLVER_DEFAULTS, SolverScheduler
 from .schedule import randn, sigmas_to_timesteps, solver_timesteps, threshold_sample, train_sigmas
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
@@ -91,6 +91,44 @@ class DPMSolverBase(SolverScheduler):
             epsilon = (sample - alpha_t * x0_pred) / sigma_t
         return epsilon
 
+    def _second_order_step(
+        self,
+        sample: torch.Tensor,
+        noise: torch.Tensor | None,
+        h: torch.Tensor,
+        D0: torch.Tensor,
+        D1: torch.Tensor,
+        alphas_sigmas: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor | None:
+        """The DPM-Solver-2 update both solvers share, given the start (s) and the target (t).
+
+        ``alphas_sigmas`` is (alpha_t, sigma_t, alpha_s, sigma_s). Returns ``None`` for
+        ``sde-dpmsolver``, which only the multistep solver has.
+        """
+        alpha_t, sigma_t, alpha_s, sigma_s = alphas_sigmas
+        algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
+        if algorithm == "dpmsolver++":
+            x = sigma_t / sigma_s * sample - alpha_t * (torch.exp(-h) - 1.0) * D0
+            if midpoint:
+                return x - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1
+            return x + alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0) * D1
+        if algorithm == "dpmsolver":
+            x = alpha_t / alpha_s * sample - sigma_t * (torch.exp(h) - 1.0) * D0
+            if midpoint:
+                return x - 0.5 * (sigma_t * (torch.exp(h) - 1.0)) * D1
+            return x - sigma_t * ((torch.exp(h) - 1.0) / h - 1.0) * D1
+        if algorithm == "sde-dpmsolver++":
+            x = (
+                sigma_t / sigma_s * torch.exp(-h) * sample
+                + alpha_t * (1 - torch.exp(-2.0 * h)) * D0
+            )
+            if midpoint:
+                x = x + 0.5 * (alpha_t * (1 - torch.exp(-2.0 * h))) * D1
+            else:
+                x = x + alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) * D1
+            return x + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
+        return None
+
     def first_order_update(
         self, m0: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:
@@ -119,23 +157,12 @@ class DPMSolverBase(SolverScheduler):
 
 class DPMSolverMultistepScheduler(DPMSolverBase):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
-        "solver_order": 2,
-        "prediction_type": "epsilon",
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "sample_max_value": 1.0,
+        **SOLVER_DEFAULTS,
         "algorithm_type": "dpmsolver++",
         "solver_type": "midpoint",
         "lower_order_final": True,
         "euler_at_final": False,
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-        "use_beta_sigmas": False,
+        **SIGMA_SPACING_DEFAULTS,
         "use_lu_lambdas": False,
         "use_flow_sigmas": False,
         "flow_shift": 1.0,
@@ -190,27 +217,12 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
         r0 = h_0 / h
         D0, D1 = m0, 1.0 / r0 * (m0 - m1)
-        algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
-        if algorithm == "dpmsolver++":
-            x = sigma_t / sigma_s0 * sample - alpha_t * (torch.exp(-h) - 1.0) * D0
-            if midpoint:
-                return x - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1
-            return x + alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0) * D1
-        if algorithm == "dpmsolver":
-            x = alpha_t / alpha_s0 * sample - sigma_t * (torch.exp(h) - 1.0) * D0
-            if midpoint:
-                return x - 0.5 * (sigma_t * (torch.exp(h) - 1.0)) * D1
-            return x - sigma_t * ((torch.exp(h) - 1.0) / h - 1.0) * D1
-        if algorithm == "sde-dpmsolver++":
-            x = (
-                sigma_t / sigma_s0 * torch.exp(-h) * sample
-                + alpha_t * (1 - torch.exp(-2.0 * h)) * D0
-            )
-            if midpoint:
-                x = x + 0.5 * (alpha_t * (1 - torch.exp(-2.0 * h))) * D1
-            else:
-                x = x + alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) * D1
-            return x + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
+        x = self._second_order_step(
+            sample, noise, h, D0, D1, (alpha_t, sigma_t, alpha_s0, sigma_s0)
+        )
+        if x is not None:
+            return x
+        midpoint = self.config.solver_type == "midpoint"
         x = alpha_t / alpha_s0 * sample - 2.0 * (sigma_t * (torch.exp(h) - 1.0)) * D0
         if midpoint:
             x = x - sigma_t * (torch.exp(h) - 1.0) * D1

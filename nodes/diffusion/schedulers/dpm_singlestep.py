@@ -13,29 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput
+from .base import SIGMA_SPACING_DEFAULTS, SchedulerOutput
 from .dpm_multistep import DPMSolverBase
+from .families import SOLVER_DEFAULTS
 from .schedule import randn
 
 
 class DPMSolverSinglestepScheduler(DPMSolverBase):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
-        "solver_order": 2,
-        "prediction_type": "epsilon",
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "sample_max_value": 1.0,
+        **SOLVER_DEFAULTS,
         "algorithm_type": "dpmsolver++",
         "solver_type": "midpoint",
         "lower_order_final": False,
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-        "use_beta_sigmas": False,
+        **SIGMA_SPACING_DEFAULTS,
         "use_flow_sigmas": False,
         "flow_shift": 1.0,
         "final_sigmas_type": "zero",
@@ -100,8 +90,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         if not self.config.lower_order_final and config.final_sigmas_type == "zero":
             self._update_config(lower_order_final=True)
         self.order_list = self.get_order_list(num_inference_steps)
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
         self.sigmas = self.sigmas.to("cpu")
 
     def second_order_update(self, sample: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
@@ -114,23 +103,9 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         h, h_0 = lambda_t - lambda_s1, lambda_s0 - lambda_s1
         r0 = h_0 / h
         D0, D1 = m1, 1.0 / r0 * (m0 - m1)
-        algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
-        if algorithm == "dpmsolver++":
-            x = sigma_t / sigma_s1 * sample - alpha_t * (torch.exp(-h) - 1.0) * D0
-            if midpoint:
-                return x - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1
-            return x + alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0) * D1
-        if algorithm == "dpmsolver":
-            x = alpha_t / alpha_s1 * sample - sigma_t * (torch.exp(h) - 1.0) * D0
-            if midpoint:
-                return x - 0.5 * (sigma_t * (torch.exp(h) - 1.0)) * D1
-            return x - sigma_t * ((torch.exp(h) - 1.0) / h - 1.0) * D1
-        x = sigma_t / sigma_s1 * torch.exp(-h) * sample + alpha_t * (1 - torch.exp(-2.0 * h)) * D0
-        if midpoint:
-            x = x + 0.5 * (alpha_t * (1 - torch.exp(-2.0 * h))) * D1
-        else:
-            x = x + alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) * D1
-        return x + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
+        return self._second_order_step(
+            sample, noise, h, D0, D1, (alpha_t, sigma_t, alpha_s1, sigma_s1)
+        )
 
     def third_order_update(self, sample: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """Singlestep DPM-Solver-3 from s2 (the group start) via s1 and s0 to t."""

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput
+from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, SchedulerOutput
 from .families import SigmaScheduler
-from .schedule import interpolate_sigmas, randn, sigma_timesteps, train_sigmas
+from .schedule import interpolate_sigmas, randn, train_sigmas
 
 
 def _reject_integer_timestep(timestep: Any) -> None:
@@ -26,16 +26,10 @@ def _reject_integer_timestep(timestep: Any) -> None:
 
 class EulerDiscreteScheduler(SigmaScheduler):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
+        **TRAINING_DEFAULTS,
         "prediction_type": "epsilon",
         "interpolation_type": "linear",
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-        "use_beta_sigmas": False,
+        **SIGMA_SPACING_DEFAULTS,
         "sigma_min": None,
         "sigma_max": None,
         "timestep_spacing": "linspace",
@@ -61,24 +55,19 @@ class EulerDiscreteScheduler(SigmaScheduler):
             and self.config.prediction_type == "v_prediction"
         )
 
+    def _interpolate_sigmas(self, timesteps: np.ndarray, sigmas: np.ndarray, n: int) -> np.ndarray:
+        if self.config.interpolation_type == "linear":
+            return interpolate_sigmas(timesteps, sigmas)
+        if self.config.interpolation_type == "log_linear":
+            ends = (np.log(sigmas[-1]), np.log(sigmas[0]))
+            return torch.linspace(*ends, n + 1).exp().numpy()
+        raise ValueError("interpolation_type must be 'linear' or 'log_linear'")
+
     def set_timesteps(
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        timesteps = sigma_timesteps(self.config, num_inference_steps)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        if self.config.interpolation_type == "linear":
-            sigmas = interpolate_sigmas(timesteps, sigmas)
-        elif self.config.interpolation_type == "log_linear":
-            ends = (np.log(sigmas[-1]), np.log(sigmas[0]))
-            sigmas = torch.linspace(*ends, num_inference_steps + 1).exp().numpy()
-        else:
-            raise ValueError("interpolation_type must be 'linear' or 'log_linear'")
-        sigmas, respaced = self._reshape_sigmas(sigmas, log_sigmas, num_inference_steps)
-        if respaced is not None:
-            timesteps = respaced
-
+        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
         if self.config.final_sigmas_type == "sigma_min":
             ac0 = self.alphas_cumprod[0]
             sigma_last = ((1 - ac0) / ac0) ** 0.5
@@ -92,8 +81,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             self.timesteps = torch.Tensor([0.25 * s.log() for s in sigmas[:-1]]).to(device=device)
         else:
             self.timesteps = torch.from_numpy(timesteps.astype(np.float32)).to(device=device)
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
         self.sigmas = sigmas.to("cpu")
 
     def step(
@@ -137,11 +125,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
 
 class EulerAncestralDiscreteScheduler(SigmaScheduler):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
+        **TRAINING_DEFAULTS,
         "prediction_type": "epsilon",
         "timestep_spacing": "linspace",
         "steps_offset": 0,
@@ -158,12 +142,10 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        timesteps = sigma_timesteps(self.config, num_inference_steps)
-        sigmas = interpolate_sigmas(timesteps, train_sigmas(self.alphas_cumprod))
+        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
         self.timesteps = torch.from_numpy(timesteps).to(device=device)
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
 
     def step(
         self,

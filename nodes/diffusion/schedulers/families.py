@@ -12,8 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import IndexedScheduler
-from .schedule import alpha_sigma_from_sigma, interpolate_sigmas, train_sigmas
+from .base import TRAINING_DEFAULTS, IndexedScheduler
+from .schedule import alpha_sigma_from_sigma, interpolate_sigmas, sigma_timesteps, train_sigmas
+
+# The config keys every solver starts with, after the training schedule (diffusers' order).
+SOLVER_DEFAULTS: dict[str, Any] = {
+    **TRAINING_DEFAULTS,
+    "solver_order": 2,
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+}
 
 
 class SigmaScheduler(IndexedScheduler):
@@ -58,6 +68,25 @@ class SigmaScheduler(IndexedScheduler):
         raise ValueError(
             f"prediction_type {prediction!r} is not supported by {type(self).__name__}"
         )
+
+    def _interpolate_sigmas(self, timesteps: np.ndarray, sigmas: np.ndarray, n: int) -> np.ndarray:
+        """The training sigmas read off at the grid's timesteps (Euler also offers log-linear)."""
+        return interpolate_sigmas(timesteps, sigmas)
+
+    def _sigma_grid(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """The n-step sigmas and timesteps all k-diffusion samplers start from.
+
+        Returns (sigmas, timesteps, training log sigmas, respaced); respaced grids (Karras...)
+        come with timesteps mapped back from their sigmas.
+        """
+        timesteps = sigma_timesteps(self.config, n)
+        sigmas = train_sigmas(self.alphas_cumprod)
+        log_sigmas = np.log(sigmas)
+        sigmas = self._interpolate_sigmas(timesteps, sigmas, n)
+        sigmas, respaced = self._reshape_sigmas(sigmas, log_sigmas, n)
+        if respaced is None:
+            return sigmas, timesteps, log_sigmas, False
+        return sigmas, respaced, log_sigmas, True
 
     def add_noise(
         self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
@@ -108,8 +137,7 @@ class SolverScheduler(IndexedScheduler):
         """Forget past model outputs: a new schedule starts from first order again."""
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
         self.lower_order_nums = 0
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
 
     def _x0_from_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The data prediction x_0 for the current step, from any prediction type."""

@@ -13,22 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput
+from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, SchedulerOutput
 from .families import SigmaScheduler
-from .schedule import interpolate_sigmas, sigma_timesteps, train_sigmas
 
 
 class HeunDiscreteScheduler(SigmaScheduler):
     defaults = {
-        "num_train_timesteps": 1000,
+        **TRAINING_DEFAULTS,
         "beta_start": 0.00085,
         "beta_end": 0.012,
-        "beta_schedule": "linear",
-        "trained_betas": None,
         "prediction_type": "epsilon",
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-        "use_beta_sigmas": False,
+        **SIGMA_SPACING_DEFAULTS,
         "clip_sample": False,
         "clip_sample_range": 1.0,
         "timestep_spacing": "linspace",
@@ -44,13 +39,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        timesteps = sigma_timesteps(self.config, num_inference_steps)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        sigmas = interpolate_sigmas(timesteps, sigmas)
-        sigmas, respaced = self._reshape_sigmas(sigmas, log_sigmas, num_inference_steps)
-        if respaced is not None:
-            timesteps = respaced
+        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
         sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
         # Every inner sigma/timestep twice: the end of one step is the start of the next.
         self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
@@ -60,8 +49,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         self.prev_derivative: torch.Tensor | None = None
         self.dt: torch.Tensor | None = None
         self.sample: torch.Tensor | None = None
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
 
     @property
     def state_in_first_order(self) -> bool:

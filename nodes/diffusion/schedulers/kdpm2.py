@@ -14,15 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput
+from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, SchedulerOutput
 from .families import SigmaScheduler
-from .schedule import (
-    interpolate_sigmas,
-    randn,
-    sigma_timesteps,
-    sigmas_to_timesteps_float32,
-    train_sigmas,
-)
+from .schedule import randn, sigmas_to_timesteps_float32
 
 
 def _doubled(values: torch.Tensor) -> torch.Tensor:
@@ -34,14 +28,10 @@ class _KDPM2Base(SigmaScheduler):
     """Shared table construction: step sigmas, midpoint sigmas, interleaved timesteps."""
 
     defaults = {
-        "num_train_timesteps": 1000,
+        **TRAINING_DEFAULTS,
         "beta_start": 0.00085,
         "beta_end": 0.012,
-        "beta_schedule": "linear",
-        "trained_betas": None,
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-        "use_beta_sigmas": False,
+        **SIGMA_SPACING_DEFAULTS,
         "prediction_type": "epsilon",
         "timestep_spacing": "linspace",
         "steps_offset": 0,
@@ -56,13 +46,9 @@ class _KDPM2Base(SigmaScheduler):
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        timesteps = sigma_timesteps(self.config, num_inference_steps)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        sigmas = interpolate_sigmas(timesteps, sigmas)
-        sigmas, respaced = self._reshape_sigmas(sigmas, log_sigmas, num_inference_steps)
-        if respaced is not None:
-            timesteps = respaced.round() if self.config.use_karras_sigmas else respaced
+        sigmas, timesteps, log_sigmas, respaced = self._sigma_grid(num_inference_steps)
+        if respaced and self.config.use_karras_sigmas:
+            timesteps = timesteps.round()
         self.log_sigmas = torch.from_numpy(log_sigmas).to(device)
         sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)).to(device)
 
@@ -89,8 +75,7 @@ class _KDPM2Base(SigmaScheduler):
         interleaved = torch.stack((midpoints[:, None], timesteps[1:, None]), dim=-1).flatten()
         self.timesteps = torch.cat([timesteps[:1], interleaved])
         self.sample: torch.Tensor | None = None
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
         self.sigmas = self.sigmas.to("cpu")
 
     @property

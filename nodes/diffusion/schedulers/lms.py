@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SchedulerOutput
+from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, SchedulerOutput
 from .families import SigmaScheduler
-from .schedule import interpolate_sigmas, sigma_timesteps, train_sigmas
 
 
 def lagrange_integral(nodes: list[float], j: int, lower: float, upper: float) -> float:
@@ -35,14 +34,8 @@ def lagrange_integral(nodes: list[float], j: int, lower: float, upper: float) ->
 
 class LMSDiscreteScheduler(SigmaScheduler):
     defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-        "use_beta_sigmas": False,
+        **TRAINING_DEFAULTS,
+        **SIGMA_SPACING_DEFAULTS,
         "prediction_type": "epsilon",
         "timestep_spacing": "linspace",
         "steps_offset": 0,
@@ -55,17 +48,10 @@ class LMSDiscreteScheduler(SigmaScheduler):
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        timesteps = sigma_timesteps(self.config, num_inference_steps)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        sigmas = interpolate_sigmas(timesteps, sigmas)
-        sigmas, respaced = self._reshape_sigmas(sigmas, log_sigmas, num_inference_steps)
-        if respaced is not None:
-            timesteps = respaced
+        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
         self.derivatives: list[torch.Tensor] = []
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
