@@ -140,10 +140,7 @@ class DEISMultistepScheduler(SolverScheduler):
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
     ) -> SchedulerOutput:
         """Deterministic; ``generator`` is accepted for a uniform interface and ignored."""
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps before step")
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         config, last = self.config, len(self.timesteps)
         few_steps = config.lower_order_final and last < 15
         lower_order_final = self.step_index == last - 1 and few_steps

@@ -277,10 +277,7 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         generator: torch.Generator | list[torch.Generator] | None = None,
         variance_noise: torch.Tensor | None = None,
     ) -> SchedulerOutput:
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps before step")
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         config, last = self.config, len(self.timesteps)
         few_steps = config.lower_order_final and last < 15
         lower_order_final = self.step_index == last - 1 and (

@@ -158,10 +158,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         sample: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> SchedulerOutput:
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps before step")
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         model_output = self.convert_model_output(model_output, sample)
         self.model_outputs = self.model_outputs[1:] + [model_output]
         noise = None

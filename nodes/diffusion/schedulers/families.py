@@ -108,6 +108,13 @@ class SolverScheduler(IndexedScheduler):
         if self.config.prediction_type == "flow_prediction":
             raise ValueError("prediction_type 'flow_prediction' is not supported by Noodle")
 
+    def _start_step(self, timestep: Any) -> None:
+        """Every solver step needs a laid-out schedule and a placed step counter."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps before step")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+
     def _alpha_sigma(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return alpha_sigma_from_sigma(self.sigmas[index])
 

@@ -185,10 +185,7 @@ class UniPCMultistepScheduler(SolverScheduler):
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
     ) -> SchedulerOutput:
         """Deterministic; ``generator`` is accepted for a uniform interface and ignored."""
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps before step")
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         use_corrector = (
             self.step_index > 0
             and self.step_index - 1 not in self.disable_corrector
