@@ -60,20 +60,42 @@ def latent_to_rgb(sample: torch.Tensor, projection: torch.Tensor | None = None,
 _FITTED: weakref.WeakKeyDictionary[torch.nn.Module, torch.Tensor] = weakref.WeakKeyDictionary()
 
 
+def _fit_scenes(n: int = 24, side: int = 64) -> torch.Tensor:
+    """A 3x3x3 grid of flat colour swatches plus seeded scenes of coloured rectangles on a
+    flat background, in -1..1.
+
+    Edges and several colours per image matter: a VAE's latents for a uniform swatch are
+    not what it produces next to edges, so a fit on swatch means can be far off on real
+    images, while a per-pixel fit on such scenes tracks them closely."""
+    g = torch.Generator().manual_seed(0)
+    levels = torch.tensor([-1.0, 0.0, 1.0])
+    swatches = torch.cartesian_prod(levels, levels, levels)[:, :, None, None]
+    scenes = torch.empty(n, 3, side, side)
+    for k in range(n):
+        scenes[k] = (torch.rand(3, generator=g) * 2 - 1)[:, None, None]
+        for _ in range(3):
+            colour = torch.rand(3, generator=g) * 2 - 1
+            x0, y0 = torch.randint(0, side * 3 // 4, (2,), generator=g).tolist()
+            w, h = torch.randint(side // 8, side // 2, (2,), generator=g).tolist()
+            scenes[k, :, y0:y0 + h, x0:x0 + w] = colour[:, None, None]
+    return torch.cat([swatches.expand(-1, -1, side, side), scenes])
+
+
 def fit_projection(vae: torch.nn.Module, scaling_factor: float) -> torch.Tensor:
-    """Least-squares map `[latent channels, 1] -> RGB in -1..1` for this VAE, fitted on
-    flat colour swatches (a 3x3x3 colour grid) pushed through its encoder once per model.
-    Works for any latent channel count and any VAE, trained or not."""
+    """Least-squares map `[latent channels, 1] -> RGB in -1..1` for this VAE, fitted per
+    latent pixel against the area-downscaled colours of a few seeded scenes pushed through
+    its encoder, once per model. Works for any latent channel count and any VAE."""
     cached = _FITTED.get(vae)
     if cached is not None:
         return cached
-    levels = torch.tensor([-1.0, 0.0, 1.0])
-    colours = torch.cartesian_prod(levels, levels, levels)  # [27, 3]
     p = next(vae.parameters())
-    swatches = colours[:, :, None, None].expand(-1, -1, 32, 32).to(p.device, p.dtype)
+    scenes = _fit_scenes()
     with torch.no_grad():
-        means = vae.encode(swatches).mean.float().mean(dim=(2, 3)).cpu() * scaling_factor
-    design = torch.cat([means, torch.ones(len(means), 1)], dim=1)
+        z = vae.encode(scenes.to(p.device, p.dtype)).mean.float().cpu() * scaling_factor
+    target = torch.nn.functional.interpolate(scenes, size=z.shape[-2:], mode="area")
+    latents = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    design = torch.cat([latents, torch.ones(len(latents), 1)], dim=1)
+    colours = target.permute(0, 2, 3, 1).reshape(-1, 3)
     projection = torch.linalg.lstsq(design, colours).solution  # [C + 1, 3]
     _FITTED[vae] = projection
     return projection

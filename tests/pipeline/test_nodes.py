@@ -167,8 +167,26 @@ def test_preview_projection_follows_the_vae(parts: Any) -> None:
     with torch.no_grad():
         z = vae.model.encode(red).mean * vae.scaling_factor
     rgb = latent_to_rgb(z[0], proj).mean(dim=(1, 2))
-    assert rgb[0] > rgb[1] + 0.2 and rgb[0] > rgb[2] + 0.2
+    assert rgb[0] > rgb[1] + 0.1 and rgb[0] > rgb[2] + 0.1
     assert tuple(latent_to_rgb(torch.randn(16, 8, 8)).shape) == (3, 8, 8)  # any channels
+
+
+def test_preview_of_real_scenes_is_close_to_the_picture() -> None:
+    """On the shipped trained VAE, previews of encoded training-like scenes stay close to the
+    downscaled pictures (a fit on uniform swatches alone is off by about 0.7 here)."""
+    from nodes.diffusion.checkpoints import load_pipeline
+    from tools import shapes
+
+    vae = load_pipeline("noodle-tiny", dtype="fp32", device="cpu").vae
+    scale = vae.config["scaling_factor"]
+    raw, _, _ = shapes.make_dataset(12, seed=3)
+    x = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        z = vae.encode(x).mean * scale
+    proj = fit_projection(vae, scale)
+    small = torch.nn.functional.interpolate(x, size=z.shape[-2:], mode="area")
+    errors = [(latent_to_rgb(z[i], proj) * 2 - 1 - small[i]).abs().mean() for i in range(12)]
+    assert float(torch.stack(errors).mean()) < 0.5
 
 
 def test_progress_counts_user_steps() -> None:
