@@ -39,6 +39,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _range_error(value: float, low: float | None, high: float | None) -> tuple[str, str] | None:
+    """The bounds check Int and Float share."""
+    if low is not None and value < low:
+        return "value_out_of_range", f"{value} is below the minimum {low}"
+    if high is not None and value > high:
+        return "value_out_of_range", f"{value} is above the maximum {high}"
+    return None
+
+
 @dataclass(frozen=True)
 class Int(Widget):
     default: int = 0
@@ -52,11 +61,7 @@ class Int(Widget):
     def check(self, value: Any) -> tuple[str, str] | None:
         if not (_is_number(value) and float(value).is_integer()):
             return "invalid_value_type", f"expected an integer, got {value!r}"
-        if self.min is not None and value < self.min:
-            return "value_out_of_range", f"{value} is below the minimum {self.min}"
-        if self.max is not None and value > self.max:
-            return "value_out_of_range", f"{value} is above the maximum {self.max}"
-        return None
+        return _range_error(value, self.min, self.max)
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,7 @@ class Float(Widget):
     def check(self, value: Any) -> tuple[str, str] | None:
         if not _is_number(value):
             return "invalid_value_type", f"expected a number, got {value!r}"
-        if self.min is not None and value < self.min:
-            return "value_out_of_range", f"{value} is below the minimum {self.min}"
-        if self.max is not None and value > self.max:
-            return "value_out_of_range", f"{value} is above the maximum {self.max}"
-        return None
+        return _range_error(value, self.min, self.max)
 
 
 @dataclass(frozen=True)

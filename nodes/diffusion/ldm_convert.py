@@ -137,19 +137,8 @@ def infer_vae_config(v: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if not levels:
         raise WeightsError("the checkpoint's VAE has no encoder blocks")
     channels = tuple(int(v[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) for i in levels)
-    return {
-        "in_channels": int(v["encoder.conv_in.weight"].shape[1]),
-        "out_channels": int(v["decoder.conv_out.weight"].shape[0]),
-        "down_block_types": ("DownEncoderBlock2D",) * len(channels),
-        "up_block_types": ("UpDecoderBlock2D",) * len(channels),
-        "block_out_channels": channels,
-        "layers_per_block": len(_indices(v, "encoder.down.0.block.")),
-        "latent_channels": int(v["decoder.conv_in.weight"].shape[1]),
-        "sample_size": 512,
-        "use_quant_conv": "quant_conv.weight" in v,
-        "use_post_quant_conv": "post_quant_conv.weight" in v,
-        "mid_block_add_attention": _has(v, "encoder.mid.attn_1."),
-    }
+    return _vae_config(v, channels, len(_indices(v, "encoder.down.0.block.")),
+                       _has(v, "encoder.mid.attn_1."))
 
 
 def infer_vae_config_diffusers(v: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -158,18 +147,25 @@ def infer_vae_config_diffusers(v: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     channels = tuple(
         int(v[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in levels
     )
+    return _vae_config(v, channels, len(_indices(v, "encoder.down_blocks.0.resnets.")),
+                       _has(v, "encoder.mid_block.attentions."))
+
+
+def _vae_config(v: Mapping[str, torch.Tensor], channels: tuple[int, ...], layers: int,
+                mid_attention: bool) -> dict[str, Any]:
+    """The AutoencoderKL config both key layouts share, given what differs between them."""
     return {
         "in_channels": int(v["encoder.conv_in.weight"].shape[1]),
         "out_channels": int(v["decoder.conv_out.weight"].shape[0]),
         "down_block_types": ("DownEncoderBlock2D",) * len(channels),
         "up_block_types": ("UpDecoderBlock2D",) * len(channels),
         "block_out_channels": channels,
-        "layers_per_block": len(_indices(v, "encoder.down_blocks.0.resnets.")),
+        "layers_per_block": layers,
         "latent_channels": int(v["decoder.conv_in.weight"].shape[1]),
         "sample_size": 512,
         "use_quant_conv": "quant_conv.weight" in v,
         "use_post_quant_conv": "post_quant_conv.weight" in v,
-        "mid_block_add_attention": _has(v, "encoder.mid_block.attentions."),
+        "mid_block_add_attention": mid_attention,
     }
 
 
