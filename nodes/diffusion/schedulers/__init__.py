@@ -2,7 +2,8 @@
 
 ``SCHEDULERS`` maps diffusers class names to our classes, so a ``scheduler_config.json``'s
 ``_class_name`` picks the scheduler, and any one can be swapped for another with
-``scheduler_from_config(old.config, "EulerDiscreteScheduler")``.
+``scheduler_from_config(old.config, "EulerDiscreteScheduler")``. It is the one list of
+schedulers: ``SCHEDULER_NAMES`` and every scheduler's ``compatibles`` come from it.
 """
 
 from __future__ import annotations
@@ -30,24 +31,27 @@ from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
+# In the order the Stable Diffusion 1.5 docs list its compatible schedulers: the order to
+# offer them in.
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.__name__: cls
     for cls in (
-        DDIMScheduler,
-        DDPMScheduler,
-        PNDMScheduler,
         LMSDiscreteScheduler,
-        EulerDiscreteScheduler,
-        EulerAncestralDiscreteScheduler,
-        HeunDiscreteScheduler,
-        KDPM2DiscreteScheduler,
-        KDPM2AncestralDiscreteScheduler,
-        DPMSolverMultistepScheduler,
-        DPMSolverSinglestepScheduler,
-        DEISMultistepScheduler,
         UniPCMultistepScheduler,
+        KDPM2DiscreteScheduler,
+        DEISMultistepScheduler,
+        EulerDiscreteScheduler,
+        DPMSolverMultistepScheduler,
+        DDPMScheduler,
+        DPMSolverSinglestepScheduler,
+        KDPM2AncestralDiscreteScheduler,
+        HeunDiscreteScheduler,
+        PNDMScheduler,
+        EulerAncestralDiscreteScheduler,
+        DDIMScheduler,
     )
 }
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
 
 
 def scheduler_from_config(config: Mapping[str, Any], class_name: str | None = None) -> Scheduler:
@@ -66,6 +70,7 @@ def load_scheduler(path: str | Path, class_name: str | None = None) -> Scheduler
 __all__ = [
     "CONFIG_NAME",
     "SCHEDULERS",
+    "SCHEDULER_NAMES",
     "Scheduler",
     "SchedulerConfig",
     "SchedulerOutput",

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ from .schedule import (
 )
 
 CONFIG_NAME = "scheduler_config.json"
-_REGISTRY: dict[str, type[Scheduler]] = {}
+
+# What ``step`` accepts as its source of randomness: one generator, or one per batch item.
+NoiseGenerator: TypeAlias = torch.Generator | list[torch.Generator] | None
 
 # The training noise schedule every scheduler's config starts with (diffusers' defaults);
 # a class merges it first into its own ``defaults`` so key order matches diffusers.
@@ -41,6 +43,14 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "beta_end": 0.02,
     "beta_schedule": "linear",
     "trained_betas": None,
+}
+
+# How ``Scheduler._clip_x0`` bounds the predicted x_0, for the samplers that offer it.
+X0_CLIPPING_DEFAULTS: dict[str, Any] = {
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,
 }
 
 # The sigma respacing switches read by ``IndexedScheduler._reshape_sigmas``.
@@ -95,11 +105,6 @@ class Scheduler(ABC):
     order: ClassVar[int] = 1
     # Sigma-parameterised schedulers keep the terminal alpha_bar away from exactly zero.
     floor_terminal_alpha: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.defaults and not cls.__name__.startswith("_"):
-            _REGISTRY[cls.__name__] = cls
 
     def __init__(self, **config: Any) -> None:
         public = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -202,7 +207,10 @@ class Scheduler(ABC):
     @property
     def compatibles(self) -> list[type[Scheduler]]:
         """Every scheduler that can replace this one on the same model (all share one config)."""
-        return list(_REGISTRY.values())
+        # The registry lives with the package, which imports every scheduler module.
+        from . import SCHEDULERS
+
+        return list(SCHEDULERS.values())
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -312,6 +320,26 @@ class IndexedScheduler(Scheduler):
         else:
             indices = [self.begin_index] * timesteps.shape[0]
         return broadcast_to(sigmas[indices], original)
+
+    def _sigma_table(
+        self, sigmas: np.ndarray, final_sigmas_type: str = "zero", respaced_end: Any = None
+    ) -> torch.Tensor:
+        """The float32 table ``step`` walks: the grid's sigmas and the one after the last step.
+
+        That last sigma is 0 (``zero``: end fully denoised) or the smallest sigma (``sigma_min``):
+        the training schedule's, or ``respaced_end``, which UniPC and DEIS pass to end a respaced
+        grid (Karras...) on its own last sigma, as diffusers does.
+        """
+        if final_sigmas_type == "zero":
+            final = 0
+        elif final_sigmas_type != "sigma_min":
+            raise ValueError("final_sigmas_type must be 'zero' or 'sigma_min'")
+        elif respaced_end is not None:
+            final = respaced_end
+        else:
+            ac0 = self.alphas_cumprod[0]
+            final = ((1 - ac0) / ac0) ** 0.5
+        return torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
 
     def _reshape_sigmas(
         self, sigmas: np.ndarray, log_sigmas: np.ndarray, n: int

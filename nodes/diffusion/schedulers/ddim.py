@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 
-from .base import TRAINING_DEFAULTS, Scheduler, SchedulerOutput
+from .base import (
+    TRAINING_DEFAULTS,
+    X0_CLIPPING_DEFAULTS,
+    NoiseGenerator,
+    Scheduler,
+    SchedulerOutput,
+)
 from .schedule import discrete_timesteps, randn
 
 
@@ -21,10 +27,7 @@ class DDIMScheduler(Scheduler):
         "set_alpha_to_one": True,
         "steps_offset": 0,
         "prediction_type": "epsilon",
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "clip_sample_range": 1.0,
-        "sample_max_value": 1.0,
+        **X0_CLIPPING_DEFAULTS,
         "timestep_spacing": "leading",
         "rescale_betas_zero_snr": False,
     }
@@ -61,7 +64,7 @@ class DDIMScheduler(Scheduler):
         sample: torch.Tensor,
         eta: float = 0.0,
         use_clipped_model_output: bool = False,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: NoiseGenerator = None,
         variance_noise: torch.Tensor | None = None,
     ) -> SchedulerOutput:
         if self.num_inference_steps is None:

@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 
-from .base import TRAINING_DEFAULTS, Scheduler, SchedulerOutput
+from .base import (
+    TRAINING_DEFAULTS,
+    X0_CLIPPING_DEFAULTS,
+    NoiseGenerator,
+    Scheduler,
+    SchedulerOutput,
+)
 from .schedule import discrete_timesteps, randn
 
 
@@ -20,10 +26,7 @@ class DDPMScheduler(Scheduler):
         "variance_type": "fixed_small",
         "clip_sample": True,
         "prediction_type": "epsilon",
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "clip_sample_range": 1.0,
-        "sample_max_value": 1.0,
+        **X0_CLIPPING_DEFAULTS,
         "timestep_spacing": "leading",
         "steps_offset": 0,
         "rescale_betas_zero_snr": False,
@@ -101,7 +104,7 @@ class DDPMScheduler(Scheduler):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: NoiseGenerator = None,
     ) -> SchedulerOutput:
         t = timestep
         prev_t = self.previous_timestep(t)

@@ -39,9 +39,7 @@ class DEISMultistepScheduler(SolverScheduler):
         "time_shift_type": "exponential",
     }
 
-    def _setup(self) -> None:
-        self._reject_unsupported()
-        # Other solvers' variant names map onto DEIS's only one, as in diffusers.
+    def _check_options(self) -> None:
         if self.config.algorithm_type in ("dpmsolver", "dpmsolver++"):
             self._update_config(algorithm_type="deis")
         elif self.config.algorithm_type != "deis":
@@ -50,27 +48,15 @@ class DEISMultistepScheduler(SolverScheduler):
             self._update_config(solver_type="logrho")
         elif self.config.solver_type != "logrho":
             raise ValueError(f"solver_type {self.config.solver_type!r} is not 'logrho'")
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        total = self.config.num_train_timesteps
-        self.timesteps = torch.from_numpy(
-            np.linspace(0, total - 1, total, dtype=np.float32)[::-1].copy()
-        )
-        self._reset_history()
 
     def set_timesteps(
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         timesteps = solver_timesteps(self.config, num_inference_steps)
         sigmas, timesteps, respaced = self._spaced_sigmas(timesteps, num_inference_steps)
-        if respaced:
-            sigma_last = sigmas[-1:]
-        else:
-            ac0 = self.alphas_cumprod[0]
-            sigma_last = [((1 - ac0) / ac0) ** 0.5]
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, sigma_last]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(timesteps)
-        self._reset_history()
+        # DEIS always ends on the smallest sigma, never on 0.
+        table = self._sigma_table(sigmas, "sigma_min", sigmas[-1] if respaced else None)
+        self._set_schedule(table, timesteps, device)
 
     def convert_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor
@@ -141,20 +127,16 @@ class DEISMultistepScheduler(SolverScheduler):
     ) -> SchedulerOutput:
         """Deterministic; ``generator`` is accepted for a uniform interface and ignored."""
         self._start_step(timestep)
-        config, last = self.config, len(self.timesteps)
-        few_steps = config.lower_order_final and last < 15
-        lower_order_final = self.step_index == last - 1 and few_steps
-        lower_order_second = self.step_index == last - 2 and few_steps
-
         model_output = self.convert_model_output(model_output, sample)
         self.model_outputs = self.model_outputs[1:] + [model_output]
-        if config.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
+        order = self._multistep_order()
+        if order == 1:
             prev_sample = self.first_order_update(model_output, sample)
-        elif config.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
+        elif order == 2:
             prev_sample = self.second_order_update(sample)
         else:
             prev_sample = self.third_order_update(sample)
-        if self.lower_order_nums < config.solver_order:
+        if self.lower_order_nums < self.config.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev_sample)

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SIGMA_SPACING_DEFAULTS, SchedulerOutput
-from .dpm_multistep import DPMSolverBase
-from .families import SOLVER_DEFAULTS
+from .base import SIGMA_SPACING_DEFAULTS, NoiseGenerator, SchedulerOutput
+from .families import SOLVER_DEFAULTS, DPMSolverBase
 from .schedule import randn
 
 
@@ -72,17 +71,12 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         config = self.config
-        self.num_inference_steps = num_inference_steps
         clipped = torch.searchsorted(torch.flip(self.lambda_t, [0]), config.lambda_min_clipped)
         last = config.num_train_timesteps - 1 - clipped.item()
         timesteps = np.linspace(0, last, num_inference_steps + 1).round()[::-1][:-1]
         timesteps = timesteps.copy().astype(np.int64)
         sigmas, timesteps, _ = self._spaced_sigmas(timesteps, num_inference_steps)
-        self.sigmas = torch.from_numpy(
-            np.concatenate([sigmas, [self._final_sigma()]]).astype(np.float32)
-        ).to(device=device)
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.model_outputs = [None] * config.solver_order
+        self._set_schedule(self._sigma_table(sigmas, config.final_sigmas_type), timesteps, device)
         self.sample = None
         # An odd step count, or a final step to sigma 0, needs the lower-order ending.
         if not config.lower_order_final and num_inference_steps % config.solver_order != 0:
@@ -90,73 +84,37 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         if not self.config.lower_order_final and config.final_sigmas_type == "zero":
             self._update_config(lower_order_final=True)
         self.order_list = self.get_order_list(num_inference_steps)
-        self._reset_step_index()
-        self.sigmas = self.sigmas.to("cpu")
 
     def second_order_update(self, sample: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """Singlestep DPM-Solver-2 from s1 (the group start) via s0 to t."""
-        i = self.step_index
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(i + 1)
-        _, _, lambda_s0 = self._alpha_sigma_lambda(i)
-        alpha_s1, sigma_s1, lambda_s1 = self._alpha_sigma_lambda(i - 1)
+        lambda_t, lambda_s0, lambda_s1 = self._lambdas(2)
         m0, m1 = self.model_outputs[-1], self.model_outputs[-2]
         h, h_0 = lambda_t - lambda_s1, lambda_s0 - lambda_s1
         r0 = h_0 / h
-        D0, D1 = m1, 1.0 / r0 * (m0 - m1)
-        return self._second_order_step(
-            sample, noise, h, D0, D1, (alpha_t, sigma_t, alpha_s1, sigma_s1)
-        )
+        D1 = 1.0 / r0 * (m0 - m1)
+        midpoint = self.config.solver_type == "midpoint"
+        return self._update(sample, noise, h, 1, m1, D1, midpoint=midpoint)
 
     def third_order_update(self, sample: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """Singlestep DPM-Solver-3 from s2 (the group start) via s1 and s0 to t."""
-        i = self.step_index
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(i + 1)
-        _, _, lambda_s0 = self._alpha_sigma_lambda(i)
-        _, _, lambda_s1 = self._alpha_sigma_lambda(i - 1)
-        alpha_s2, sigma_s2, lambda_s2 = self._alpha_sigma_lambda(i - 2)
+        lambda_t, lambda_s0, lambda_s1, lambda_s2 = self._lambdas(3)
         m0, m1, m2 = self.model_outputs[-1], self.model_outputs[-2], self.model_outputs[-3]
         h, h_0, h_1 = lambda_t - lambda_s2, lambda_s0 - lambda_s2, lambda_s1 - lambda_s2
         r0, r1 = h_0 / h, h_1 / h
-        D0 = m2
         D1_0, D1_1 = 1.0 / r1 * (m1 - m2), 1.0 / r0 * (m0 - m2)
+        if self.config.solver_type == "midpoint":
+            # The midpoint form keeps only the first difference over the whole group.
+            return self._update(sample, noise, h, 2, m2, D1_1)
         D1 = (r0 * D1_0 - r1 * D1_1) / (r0 - r1)
         D2 = 2.0 * (D1_1 - D1_0) / (r0 - r1)
-        algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
-        if algorithm == "dpmsolver++":
-            x = sigma_t / sigma_s2 * sample - alpha_t * (torch.exp(-h) - 1.0) * D0
-            if midpoint:
-                return x + alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0) * D1_1
-            return (
-                x
-                + alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0) * D1
-                - alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5) * D2
-            )
-        if algorithm == "dpmsolver":
-            x = alpha_t / alpha_s2 * sample - sigma_t * (torch.exp(h) - 1.0) * D0
-            if midpoint:
-                return x - sigma_t * ((torch.exp(h) - 1.0) / h - 1.0) * D1_1
-            return (
-                x
-                - sigma_t * ((torch.exp(h) - 1.0) / h - 1.0) * D1
-                - sigma_t * ((torch.exp(h) - 1.0 - h) / h**2 - 0.5) * D2
-            )
-        x = sigma_t / sigma_s2 * torch.exp(-h) * sample + alpha_t * (1.0 - torch.exp(-2.0 * h)) * D0
-        if midpoint:
-            x = x + alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) * D1_1
-        else:
-            x = (
-                x
-                + alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) * D1
-                + alpha_t * ((1.0 - torch.exp(-2.0 * h) + -2.0 * h) / (-2.0 * h) ** 2 - 0.5) * D2
-            )
-        return x + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
+        return self._update(sample, noise, h, 2, m2, D1, D2)
 
     def step(
         self,
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: NoiseGenerator = None,
     ) -> SchedulerOutput:
         self._start_step(timestep)
         model_output = self.convert_model_output(model_output, sample)

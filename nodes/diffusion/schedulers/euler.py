@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, SchedulerOutput
+from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, NoiseGenerator, SchedulerOutput
 from .families import SigmaScheduler
 from .schedule import interpolate_sigmas, randn, train_sigmas
 
@@ -67,16 +67,9 @@ class EulerDiscreteScheduler(SigmaScheduler):
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
-        if self.config.final_sigmas_type == "sigma_min":
-            ac0 = self.alphas_cumprod[0]
-            sigma_last = ((1 - ac0) / ac0) ** 0.5
-        elif self.config.final_sigmas_type == "zero":
-            sigma_last = 0
-        else:
-            raise ValueError("final_sigmas_type must be 'zero' or 'sigma_min'")
-        sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
-        sigmas = torch.from_numpy(sigmas).to(dtype=torch.float32, device=device)
+        final = self.config.final_sigmas_type
+        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps, final)
+        sigmas = sigmas.to(device=device)
         if self._continuous_timesteps():
             self.timesteps = torch.Tensor([0.25 * s.log() for s in sigmas[:-1]]).to(device=device)
         else:
@@ -93,7 +86,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         s_tmin: float = 0.0,
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: NoiseGenerator = None,
     ) -> SchedulerOutput:
         """One Euler step; ``s_churn > 0`` first raises the noise level (Karras' churn)."""
         _reject_integer_timestep(timestep)
@@ -142,8 +135,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
         self.timesteps = torch.from_numpy(timesteps).to(device=device)
         self._reset_step_index()
 
@@ -152,7 +144,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: NoiseGenerator = None,
     ) -> SchedulerOutput:
         _reject_integer_timestep(timestep)
         if self.step_index is None:

@@ -2,18 +2,26 @@
 
 They differ in how a sample relates to its noise level: the k-diffusion samplers work on
 x = x_0 + sigma * noise (variance exploding) and scale the model input to unit variance; the
-solvers work on the variance-preserving x = alpha_t x_0 + sigma_t noise directly.
+solvers work on the variance-preserving x = alpha_t x_0 + sigma_t noise directly. The two
+DPM-Solvers (multistep and singlestep) also share their update formula, ``DPMSolverBase``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from abc import abstractmethod
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from .base import TRAINING_DEFAULTS, IndexedScheduler
-from .schedule import alpha_sigma_from_sigma, interpolate_sigmas, sigma_timesteps, train_sigmas
+from .schedule import (
+    alpha_sigma_from_sigma,
+    interpolate_sigmas,
+    sigma_timesteps,
+    threshold_sample,
+    train_sigmas,
+)
 
 # The config keys every solver starts with, after the training schedule (diffusers' order).
 SOLVER_DEFAULTS: dict[str, Any] = {
@@ -33,6 +41,10 @@ class SigmaScheduler(IndexedScheduler):
     """
 
     floor_terminal_alpha = True
+
+    def _setup(self) -> None:
+        """Until ``set_timesteps``, every training step, as diffusers' constructors lay out."""
+        self.set_timesteps(self.config.num_train_timesteps)
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:
@@ -73,20 +85,24 @@ class SigmaScheduler(IndexedScheduler):
         """The training sigmas read off at the grid's timesteps (Euler also offers log-linear)."""
         return interpolate_sigmas(timesteps, sigmas)
 
-    def _sigma_grid(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    def _sigma_grid(
+        self, n: int, final_sigmas_type: str = "zero"
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, bool]:
         """The n-step sigmas and timesteps all k-diffusion samplers start from.
 
-        Returns (sigmas, timesteps, training log sigmas, respaced); respaced grids (Karras...)
-        come with timesteps mapped back from their sigmas.
+        Returns (sigma table, timesteps, training log sigmas, respaced): the float32 table ends
+        with the sigma after the last step; respaced grids (Karras...) come with timesteps
+        mapped back from their sigmas.
         """
         timesteps = sigma_timesteps(self.config, n)
         sigmas = train_sigmas(self.alphas_cumprod)
         log_sigmas = np.log(sigmas)
         sigmas = self._interpolate_sigmas(timesteps, sigmas, n)
         sigmas, respaced = self._reshape_sigmas(sigmas, log_sigmas, n)
+        table = self._sigma_table(sigmas, final_sigmas_type)
         if respaced is None:
-            return sigmas, timesteps, log_sigmas, False
-        return sigmas, respaced, log_sigmas, True
+            return table, timesteps, log_sigmas, False
+        return table, respaced, log_sigmas, True
 
     def add_noise(
         self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
@@ -101,12 +117,29 @@ class SolverScheduler(IndexedScheduler):
     floor_terminal_alpha = True
     init_noise_sigma = 1.0
 
+    def _setup(self) -> None:
+        self._reject_unsupported()
+        self._check_options()
+        # Until set_timesteps, the full training schedule, as diffusers' constructors lay out.
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        total = self.config.num_train_timesteps
+        self.timesteps = torch.from_numpy(
+            np.linspace(0, total - 1, total, dtype=np.float32)[::-1].copy()
+        )
+        self._reset_history()
+
     def _reject_unsupported(self) -> None:
         for key in ("use_flow_sigmas", "use_dynamic_shifting"):
             if self.config.get(key):
                 raise ValueError(f"{key} (flow-matching models) is not supported by Noodle")
         if self.config.prediction_type == "flow_prediction":
             raise ValueError("prediction_type 'flow_prediction' is not supported by Noodle")
+
+    @abstractmethod
+    def _check_options(self) -> None:
+        """Reject what this solver does not offer, and map the ``algorithm_type`` and
+        ``solver_type`` names of other solvers onto its closest variant, as diffusers does, so
+        that swapping a config between solvers keeps working."""
 
     def _start_step(self, timestep: Any) -> None:
         """Every solver step needs a laid-out schedule and a placed step counter."""
@@ -146,6 +179,32 @@ class SolverScheduler(IndexedScheduler):
         self.lower_order_nums = 0
         self._reset_step_index()
 
+    def _set_schedule(
+        self, sigmas: torch.Tensor, timesteps: np.ndarray, device: str | torch.device | None
+    ) -> None:
+        """Install a new schedule; its step count is the grid's, which clipping can shorten."""
+        self.sigmas = sigmas
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(timesteps)
+        self._reset_history()
+
+    def _multistep_order(self, first_order_last: bool = False) -> int:
+        """The order this step can afford: it grows with the history of outputs, and short
+        runs (``lower_order_final``, under 15 steps) drop back over their last two steps,
+        which keeps few-step sampling stable. ``first_order_last`` ends every run on order 1.
+        """
+        config, last, i = self.config, len(self.timesteps), self.step_index
+        few_steps = config.lower_order_final and last < 15
+        if config.solver_order == 1 or self.lower_order_nums < 1:
+            return 1
+        if i == last - 1 and (first_order_last or few_steps):
+            return 1
+        if config.solver_order == 2 or self.lower_order_nums < 2:
+            return 2
+        if i == last - 2 and few_steps:
+            return 2
+        return 3
+
     def _x0_from_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The data prediction x_0 for the current step, from any prediction type."""
         alpha_t, sigma_t = self._alpha_sigma(self.step_index)
@@ -179,3 +238,138 @@ class SolverScheduler(IndexedScheduler):
     ) -> torch.Tensor:
         alpha_t, sigma_t = alpha_sigma_from_sigma(self._sigmas_at(original, timesteps))
         return alpha_t * original + sigma_t * noise
+
+
+class DPMSolverBase(SolverScheduler):
+    """What the multistep and singlestep DPM-Solvers share: the model-output conversion and
+    the update formula. They differ only in which past outputs they difference, and from where
+    a step starts."""
+
+    algorithms: ClassVar[tuple[str, ...]] = (
+        "dpmsolver",
+        "dpmsolver++",
+        "sde-dpmsolver",
+        "sde-dpmsolver++",
+    )
+
+    def _check_options(self) -> None:
+        config = self.config
+        if config.algorithm_type == "deis":
+            self._update_config(algorithm_type="dpmsolver++")
+        elif config.algorithm_type not in self.algorithms:
+            raise ValueError(
+                f"algorithm_type {config.algorithm_type!r} is not one of {self.algorithms}"
+            )
+        if config.solver_type in ("logrho", "bh1", "bh2"):
+            self._update_config(solver_type="midpoint")
+        elif config.solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"solver_type {config.solver_type!r} is not 'midpoint' or 'heun'")
+        if self.config.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
+            if self.config.final_sigmas_type == "zero":
+                raise ValueError(
+                    f"final_sigmas_type 'zero' needs a dpmsolver++ algorithm, not "
+                    f"{self.config.algorithm_type!r}; use 'sigma_min'"
+                )
+
+    def _setup(self) -> None:
+        super()._setup()
+        self.alpha_t = torch.sqrt(self.alphas_cumprod)
+        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+
+    def convert_model_output(
+        self, model_output: torch.Tensor, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """What the solver extrapolates: x_0 for the ++ variants, epsilon otherwise."""
+        config = self.config
+        learned = config.variance_type in ("learned", "learned_range")
+        if config.prediction_type == "epsilon" and learned:
+            model_output = model_output[:, :3]
+        if config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
+            x0_pred = self._x0_from_output(model_output, sample)
+            if config.thresholding:
+                x0_pred = threshold_sample(
+                    x0_pred, config.dynamic_thresholding_ratio, config.sample_max_value
+                )
+            return x0_pred
+        epsilon = self._eps_from_output(model_output, sample)
+        if config.thresholding:
+            alpha_t, sigma_t = self._alpha_sigma(self.step_index)
+            x0_pred = (sample - sigma_t * epsilon) / alpha_t
+            x0_pred = threshold_sample(
+                x0_pred, config.dynamic_thresholding_ratio, config.sample_max_value
+            )
+            epsilon = (sample - alpha_t * x0_pred) / sigma_t
+        return epsilon
+
+    def _lambdas(self, count: int) -> list[torch.Tensor]:
+        """lambda at the next step t, then at this step s0 and the ``count - 1`` before it."""
+        i = self.step_index
+        return [self._alpha_sigma_lambda(i + 1 - k)[2] for k in range(count + 1)]
+
+    def _update(
+        self,
+        sample: torch.Tensor,
+        noise: torch.Tensor | None,
+        h: torch.Tensor,
+        back: int,
+        D0: torch.Tensor,
+        D1: torch.Tensor | None = None,
+        D2: torch.Tensor | None = None,
+        midpoint: bool = False,
+    ) -> torch.Tensor:
+        """The DPM-Solver step to the next sigma from the sample ``back`` steps ago, for the
+        configured algorithm, over the log-SNR interval ``h``.
+
+        Its order is set by the differences given: D0 alone is DPM-Solver-1 (DDIM in lambda),
+        D1 adds the second-order term (``midpoint`` or Heun form), D2 the third-order one.
+        """
+        alpha_t, sigma_t = self._alpha_sigma(self.step_index + 1)
+        alpha_s, sigma_s = self._alpha_sigma(self.step_index - back)
+        algorithm = self.config.algorithm_type
+        if algorithm == "dpmsolver++":
+            phi = torch.exp(-h) - 1.0
+            x = sigma_t / sigma_s * sample - alpha_t * phi * D0
+            if D1 is not None and midpoint:
+                x = x - 0.5 * (alpha_t * phi) * D1
+            elif D1 is not None:
+                x = x + alpha_t * (phi / h + 1.0) * D1
+            if D2 is not None:
+                x = x - alpha_t * ((phi + h) / h**2 - 0.5) * D2
+            return x
+        if algorithm == "dpmsolver":
+            phi = torch.exp(h) - 1.0
+            x = alpha_t / alpha_s * sample - sigma_t * phi * D0
+            if D1 is not None and midpoint:
+                x = x - 0.5 * (sigma_t * phi) * D1
+            elif D1 is not None:
+                x = x - sigma_t * (phi / h - 1.0) * D1
+            if D2 is not None:
+                x = x - sigma_t * ((phi - h) / h**2 - 0.5) * D2
+            return x
+        if algorithm == "sde-dpmsolver++":
+            decay = 1.0 - torch.exp(-2.0 * h)
+            x = sigma_t / sigma_s * torch.exp(-h) * sample + alpha_t * decay * D0
+            if D1 is not None and midpoint:
+                x = x + 0.5 * (alpha_t * decay) * D1
+            elif D1 is not None:
+                x = x + alpha_t * (decay / (-2.0 * h) + 1.0) * D1
+            if D2 is not None:
+                x = x + alpha_t * ((decay - 2.0 * h) / (2.0 * h) ** 2 - 0.5) * D2
+            return x + sigma_t * torch.sqrt(decay) * noise
+        if D2 is not None:
+            raise ValueError("sde-dpmsolver has no third-order update; use solver_order=2")
+        phi = torch.exp(h) - 1.0
+        x = alpha_t / alpha_s * sample - 2.0 * (sigma_t * phi) * D0
+        if D1 is not None and midpoint:
+            x = x - sigma_t * phi * D1
+        elif D1 is not None:
+            x = x - 2.0 * (sigma_t * (phi / h - 1.0)) * D1
+        return x + sigma_t * torch.sqrt(torch.exp(2 * h) - 1.0) * noise
+
+    def first_order_update(
+        self, m0: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """DPM-Solver-1, which is DDIM in lambda."""
+        lambda_t, lambda_s = self._lambdas(1)
+        return self._update(sample, noise, lambda_t - lambda_s, 0, m0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, SchedulerOutput
@@ -32,15 +31,11 @@ class HeunDiscreteScheduler(SigmaScheduler):
     beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2", "exp")
     order = 2
 
-    def _setup(self) -> None:
-        self.set_timesteps(self.config.num_train_timesteps)
-
     def set_timesteps(
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
         sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
-        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
         # Every inner sigma/timestep twice: the end of one step is the start of the next.
         self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
         timesteps = torch.from_numpy(timesteps)

@@ -9,12 +9,11 @@ The ancestral variant lands below the next sigma (sigma_down) and adds fresh noi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, SchedulerOutput
+from .base import SIGMA_SPACING_DEFAULTS, TRAINING_DEFAULTS, NoiseGenerator, SchedulerOutput
 from .families import SigmaScheduler
 from .schedule import randn, sigmas_to_timesteps_float32
 
@@ -25,7 +24,8 @@ def _doubled(values: torch.Tensor) -> torch.Tensor:
 
 
 class _KDPM2Base(SigmaScheduler):
-    """Shared table construction: step sigmas, midpoint sigmas, interleaved timesteps."""
+    """Both variants: the tables (step sigmas, midpoint sigmas, interleaved timesteps) and the
+    two-call step, which the ancestral variant ends below the next sigma, adding noise."""
 
     defaults = {
         **TRAINING_DEFAULTS,
@@ -37,10 +37,11 @@ class _KDPM2Base(SigmaScheduler):
         "steps_offset": 0,
     }
     order = 2
-    ancestral = False
-
-    def _setup(self) -> None:
-        self.set_timesteps(self.config.num_train_timesteps)
+    ancestral: ClassVar[bool] = False
+    # Where a step's midpoint sits in the midpoint table, relative to its own sigma's entry:
+    # plain entry k lies between sigmas k-1 and k (so the next entry), ancestral entry k
+    # between sigma k and where its step lands (the same entry).
+    midpoint_shift: ClassVar[int] = 1
 
     def set_timesteps(
         self, num_inference_steps: int, device: str | torch.device | None = None
@@ -50,7 +51,7 @@ class _KDPM2Base(SigmaScheduler):
         if respaced and self.config.use_karras_sigmas:
             timesteps = timesteps.round()
         self.log_sigmas = torch.from_numpy(log_sigmas).to(device)
-        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)).to(device)
+        sigmas = sigmas.to(device)
 
         if self.ancestral:
             sigmas_next = sigmas.roll(-1)
@@ -83,28 +84,25 @@ class _KDPM2Base(SigmaScheduler):
         """True when the next ``step`` call is the first (start-of-step) model call."""
         return self.sample is None
 
-
-class KDPM2DiscreteScheduler(_KDPM2Base):
     def _input_sigma(self) -> torch.Tensor:
         if self.state_in_first_order:
             return self.sigmas[self.step_index]
-        return self.sigmas_interpol[self.step_index]
+        return self.sigmas_interpol[self.step_index - 1 + self.midpoint_shift]
 
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: NoiseGenerator = None,
     ) -> SchedulerOutput:
-        """Deterministic; ``generator`` is accepted for a uniform interface and ignored."""
+        """The ancestral variant draws its noise from ``generator``; plain KDPM2 ignores it."""
         if self.step_index is None:
             self._init_step_index(timestep)
         first = self.state_in_first_order
-        if first:
-            sigma = self.sigmas[self.step_index]
-            sigma_interpol = self.sigmas_interpol[self.step_index + 1]
-            sigma_next = self.sigmas[self.step_index + 1]
-        else:
-            sigma = self.sigmas[self.step_index - 1]
-            sigma_interpol = self.sigmas_interpol[self.step_index]
-            sigma_next = self.sigmas[self.step_index]
+        start = self.step_index if first else self.step_index - 1  # the table entry of the step
+        sigma = self.sigmas[start]
+        sigma_interpol = self.sigmas_interpol[start + self.midpoint_shift]
         sigma_hat = sigma * (0 + 1)  # no churn
 
         pred_x0 = self._denoised(
@@ -115,63 +113,30 @@ class KDPM2DiscreteScheduler(_KDPM2Base):
             derivative = (sample - pred_x0) / sigma_hat
             dt = sigma_interpol - sigma_hat
             self.sample = sample
+            if self.ancestral:
+                self.dt = dt
+            prev_sample = sample + derivative * dt
         else:
-            # Full step from the saved start with the midpoint's slope.
+            # Full step from the saved start with the midpoint's slope: to the next sigma, or
+            # (ancestral) down to sigma_down and back up to the next sigma with fresh noise.
             derivative = (sample - pred_x0) / sigma_interpol
-            dt = sigma_next - sigma_hat
-            sample = self.sample
+            sigma_end = self.sigmas_down[start] if self.ancestral else self.sigmas[start + 1]
+            dt = sigma_end - sigma_hat
+            prev_sample = self.sample + derivative * dt
             self.sample = None
+            if self.ancestral:
+                noise = randn(
+                    model_output.shape, generator, model_output.device, model_output.dtype
+                )
+                prev_sample = prev_sample + noise * self.sigmas_up[start]
         self._step_index += 1
-        prev_sample = sample + derivative * dt
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+
+
+class KDPM2DiscreteScheduler(_KDPM2Base):
+    pass
 
 
 class KDPM2AncestralDiscreteScheduler(_KDPM2Base):
     ancestral = True
-
-    def _input_sigma(self) -> torch.Tensor:
-        if self.state_in_first_order:
-            return self.sigmas[self.step_index]
-        return self.sigmas_interpol[self.step_index - 1]
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: Any,
-        sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> SchedulerOutput:
-        if self.step_index is None:
-            self._init_step_index(timestep)
-        first = self.state_in_first_order
-        if first:
-            sigma = self.sigmas[self.step_index]
-            sigma_interpol = self.sigmas_interpol[self.step_index]
-            sigma_up = self.sigmas_up[self.step_index]
-            sigma_down = self.sigmas_down[self.step_index - 1]
-        else:
-            sigma = self.sigmas[self.step_index - 1]
-            sigma_interpol = self.sigmas_interpol[self.step_index - 1]
-            sigma_up = self.sigmas_up[self.step_index - 1]
-            sigma_down = self.sigmas_down[self.step_index - 1]
-        sigma_hat = sigma * (0 + 1)  # no churn
-
-        pred_x0 = self._denoised(
-            model_output, sample, sigma_hat if first else sigma_interpol, allow_sample=False
-        )
-        if first:
-            derivative = (sample - pred_x0) / sigma_hat
-            dt = sigma_interpol - sigma_hat
-            self.sample = sample
-            self.dt = dt
-            prev_sample = sample + derivative * dt
-        else:
-            derivative = (sample - pred_x0) / sigma_interpol
-            dt = sigma_down - sigma_hat
-            sample = self.sample
-            self.sample = None
-            prev_sample = sample + derivative * dt
-            noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
-            prev_sample = prev_sample + noise * sigma_up
-        self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+    midpoint_shift = 0

@@ -41,15 +41,11 @@ class LMSDiscreteScheduler(SigmaScheduler):
         "steps_offset": 0,
     }
 
-    def _setup(self) -> None:
-        self.set_timesteps(self.config.num_train_timesteps)
-
     def set_timesteps(
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         self.num_inference_steps = num_inference_steps
-        sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.sigmas, timesteps, _, _ = self._sigma_grid(num_inference_steps)
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
         self._reset_step_index()
         self.derivatives: list[torch.Tensor] = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from .base import SIGMA_SPACING_DEFAULTS, SchedulerOutput
@@ -40,8 +39,7 @@ class UniPCMultistepScheduler(SolverScheduler):
         "shift_terminal": None,
     }
 
-    def _setup(self) -> None:
-        self._reject_unsupported()
+    def _check_options(self) -> None:
         if self.config.shift_terminal is not None:
             raise ValueError("shift_terminal is only supported with use_flow_sigmas")
         if self.config.solver_p is not None:
@@ -50,15 +48,12 @@ class UniPCMultistepScheduler(SolverScheduler):
             self._update_config(solver_type="bh2")
         elif self.config.solver_type not in ("bh1", "bh2"):
             raise ValueError(f"solver_type {self.config.solver_type!r} is not 'bh1' or 'bh2'")
+
+    def _setup(self) -> None:
+        super()._setup()
         self.predict_x0 = self.config.predict_x0
         self.disable_corrector = self.config.disable_corrector
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        total = self.config.num_train_timesteps
-        self.timesteps = torch.from_numpy(
-            np.linspace(0, total - 1, total, dtype=np.float32)[::-1].copy()
-        )
         self.this_order = 1
-        self._reset_history()
 
     def _reset_history(self) -> None:
         super()._reset_history()
@@ -69,20 +64,9 @@ class UniPCMultistepScheduler(SolverScheduler):
     ) -> None:
         timesteps = solver_timesteps(self.config, num_inference_steps)
         sigmas, timesteps, respaced = self._spaced_sigmas(timesteps, num_inference_steps)
-        final = self.config.final_sigmas_type
-        if final not in ("zero", "sigma_min"):
-            raise ValueError("final_sigmas_type must be 'zero' or 'sigma_min'")
-        if final == "zero":
-            sigma_last = 0
-        elif respaced:
-            sigma_last = sigmas[-1]
-        else:
-            ac0 = self.alphas_cumprod[0]
-            sigma_last = ((1 - ac0) / ac0) ** 0.5
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(timesteps)
-        self._reset_history()
+        respaced_end = sigmas[-1] if respaced else None
+        table = self._sigma_table(sigmas, self.config.final_sigmas_type, respaced_end)
+        self._set_schedule(table, timesteps, device)
 
     def convert_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor
