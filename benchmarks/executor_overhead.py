@@ -16,24 +16,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
+from typing import Annotated, Any
 
+from graph_runtime import Int, Registry, node
 from graph_runtime.context import current
 from graph_runtime.executor import Executor
 from graph_runtime.graph import build_graph, output_nodes, plan, validate
-from graph_runtime.nodes import Int, Registry, node
 from graph_runtime.workflow import Workflow, load_workflow
 
 REG = Registry()
 
 
 @node("Const", output="value", registry=REG)
-def const(value: int = Int(0)) -> int:
+def const(value: Annotated[int, Int()] = 0) -> int:
     return value
 
 
 @node("Add", output="value", registry=REG)
-def add(a: int, b: int = Int(1)) -> int:
+def add(a: int, b: Annotated[int, Int()] = 1) -> int:
     return a + b
 
 

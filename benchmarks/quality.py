@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from nodes.diffusion.checkpoints import load_pipeline  # noqa: E402
+from nodes.diffusion.checkpoints import load_components  # noqa: E402
 from nodes.diffusion.schedulers import scheduler_from_config  # noqa: E402
 from tools import shapes  # noqa: E402
 
@@ -60,7 +60,7 @@ class Score:
 
 def load_tiny(source: str = "noodle-tiny", models_dir: Path | None = None) -> Any:
     """The shipped model on the CPU in fp32 (the configuration CI runs)."""
-    return load_pipeline(source, dtype="fp32", device="cpu",
+    return load_components(source, dtype="fp32", device="cpu",
                          models_dir=models_dir or REPO_ROOT / "models")
 
 

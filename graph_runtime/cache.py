@@ -15,12 +15,14 @@ unbounded.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from graph_runtime.settings import env
 
 DEFAULT_BUDGETS: dict[str, int] = {"cpu": 8 * 2**30, "mps": 4 * 2**30}
 # With no explicit CUDA budget, keep this share of the device's memory for cached outputs.
@@ -38,11 +40,11 @@ def parse_bytes(text: str) -> int:
     return int(float(s))
 
 
-def budgets_from_env(environ: dict[str, str] | None = None) -> dict[str, int]:
-    env = os.environ if environ is None else environ
+def budgets_from_env(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """The default budgets with the `NOODLE_CACHE_*_BYTES` overrides applied."""
     out = dict(DEFAULT_BUDGETS)
     for device in ("cpu", "cuda", "mps"):
-        raw = env.get(f"NOODLE_CACHE_{device.upper()}_BYTES")
+        raw = env(f"NOODLE_CACHE_{device.upper()}_BYTES", environ)
         if raw:
             out[device] = parse_bytes(raw)
     return out
@@ -154,7 +156,6 @@ class CacheEntry:
     ui: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
-    node_type: str = ""
 
 
 class OutputCache:

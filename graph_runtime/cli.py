@@ -12,8 +12,9 @@ invalid (or unreadable). With `--json`, `run` prints one JSON object per event p
 (the last is `run_finished`; preview images are replaced by null) and an invalid workflow
 prints one `{"type": "invalid", "ok": false, "errors": [...]}` line.
 
-The node library is a module imported by name (default `nodes`; `--nodes` or env
-`NOODLE_NODES`, several separated by commas); importing it registers its nodes.
+The node library is a module imported by name, once, here (default `nodes`; `--nodes` or
+env `NOODLE_NODES`, several separated by commas); importing it registers its nodes. The
+folders and cache budgets become one `Executor`, which `run` uses and `serve` is given.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -32,7 +32,8 @@ from typing import Any
 from graph_runtime.cache import OutputCache, budgets_from_env, parse_bytes
 from graph_runtime.executor import Executor, RunResult, WorkflowInvalid
 from graph_runtime.graph import validate
-from graph_runtime.nodes import REGISTRY
+from graph_runtime.registry import REGISTRY
+from graph_runtime.settings import ENVIRONMENT, Folders, env
 from graph_runtime.workflow import Workflow, WorkflowFormatError, apply_overrides, load_workflow
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -40,7 +41,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 def load_node_library(spec: str | None) -> list[str]:
     """Import the node library module(s); returns their names."""
-    names = [s.strip() for s in (spec or os.environ.get("NOODLE_NODES") or "nodes").split(",")]
+    names = [s.strip() for s in (spec or env("NOODLE_NODES") or "nodes").split(",")]
     names = [n for n in names if n]
     for name in names:
         importlib.import_module(name)
@@ -148,30 +149,34 @@ def _install_sigint(interrupt: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _cache_from_args(args: argparse.Namespace) -> OutputCache:
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The one executor a command uses: its cache budgets and folders from the flags, then
+    the environment overrides, then the defaults."""
     budgets: dict[str, int | None] = dict(budgets_from_env())
     if getattr(args, "cache_cpu_bytes", None):
         budgets["cpu"] = parse_bytes(args.cache_cpu_bytes)
     if getattr(args, "cache_cuda_bytes", None):
         budgets["cuda"] = parse_bytes(args.cache_cuda_bytes)
-    return OutputCache(budgets)
+    folders = Folders.from_env(output=getattr(args, "output_dir", None),
+                               models=getattr(args, "models_dir", None))
+    return Executor(REGISTRY, OutputCache(budgets), folders)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     load_node_library(args.nodes)
+    executor = executor_from_args(args)
     wf, errors = _load(args)
     if wf is not None:
-        errors = errors + validate(wf, REGISTRY, args.target or None)
+        errors = errors + validate(wf, REGISTRY, args.target or None, executor.folders)
     if errors:
         return _report_invalid(errors, args.json)
     assert wf is not None
     interrupt = threading.Event()
     _install_sigint(interrupt)
     on_event = _json_event if args.json else _ConsoleReporter()
-    executor = Executor(REGISTRY, _cache_from_args(args))
     try:
         result: RunResult = executor.run(wf, targets=args.target or None, on_event=on_event,
-                                         interrupt=interrupt, output_dir=Path(args.output_dir))
+                                         interrupt=interrupt)
     except WorkflowInvalid as exc:
         return _report_invalid(exc.errors, args.json)
     if not args.json:
@@ -192,7 +197,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     load_node_library(args.nodes)
     wf, errors = _load(args)
     if wf is not None:
-        errors = errors + validate(wf, REGISTRY, args.target or None)
+        errors = errors + validate(wf, REGISTRY, args.target or None, Folders.from_env())
     if args.json:
         _print_json({"ok": not errors, "errors": errors})
     elif errors:
@@ -223,17 +228,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the web server; imported lazily so headless use never loads aiohttp."""
-    if args.cache_cpu_bytes:
-        os.environ["NOODLE_CACHE_CPU_BYTES"] = args.cache_cpu_bytes
-    if args.cache_cuda_bytes:
-        os.environ["NOODLE_CACHE_CUDA_BYTES"] = args.cache_cuda_bytes
-    names = load_node_library(args.nodes)
+    load_node_library(args.nodes)
     server = importlib.import_module("graph_runtime.server")
-    options: dict[str, Any] = {"host": args.host, "port": args.port, "nodes_module": names[0],
-                               "output_dir": Path(args.output_dir)}
-    if args.models_dir:
-        options["models_dir"] = Path(args.models_dir)
-    server.serve(**options)
+    server.serve(executor_from_args(args), host=args.host, port=args.port)
     return EXIT_OK
 
 
@@ -255,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only this node and what it needs (repeatable)")
     wfargs.add_argument("--json", action="store_true", help="machine-readable output")
 
+    variables = "\n".join(f"  {name:<24} {text}" for name, text in ENVIRONMENT.items())
     parser = argparse.ArgumentParser(prog="noodle", description="Noodle: node-graph "
-                                     "workflows for diffusion models.")
+                                     "workflows for diffusion models.",
+                                     epilog="environment variables:\n" + variables,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common, cache, wfargs], help="run a workflow")
     run.add_argument("--output-dir", default="output", help="where files go (default: output)")

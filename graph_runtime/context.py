@@ -1,8 +1,9 @@
-"""What a running node may ask of the executor: progress, interrupt, where to write files.
+"""What a running node may ask of the executor: progress, interrupt, its folders.
 
 Nodes stay plain functions; the few that need the run (a sampler reporting steps, a save
-node writing into the output folder) call `current()` instead of taking extra parameters,
-so their signatures — and therefore their sockets — stay about the graph alone.
+node writing into the output folder) call `current()` or `folders()` instead of taking
+extra parameters, so their signatures — and therefore their sockets — stay about the graph
+alone. Called outside the executor, they get no context and the default folders.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from graph_runtime.settings import Folders
 
 
 class Interrupted(Exception):
@@ -25,13 +28,16 @@ class RunContext:
 
     node_id: str
     node_type: str
-    output_dir: Path
+    folders: Folders
     workflow: dict[str, Any] | None = None
     interrupt_event: threading.Event = field(default_factory=threading.Event)
     emit: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
     ui: dict[str, list[Any]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.folders.output
 
     def check_interrupt(self) -> None:
         """Raise `Interrupted` if an interrupt was requested. Call between steps."""
@@ -46,16 +52,22 @@ class RunContext:
         self.check_interrupt()
 
     def add_file(self, path: Path | str, kind: str = "output") -> None:
-        """Record a written file: listed in run_finished and shown on the node."""
-        path = Path(path)
+        """Record a written file (`kind`: the folder it is in, "output" or "temp"): listed
+        in run_finished and shown on the node."""
         self.files.append(str(path))
-        try:
-            rel = path.resolve().relative_to(self.output_dir.resolve())
-            subfolder, filename = str(rel.parent) if str(rel.parent) != "." else "", rel.name
-        except ValueError:
-            subfolder, filename = "", path.name
-        self.ui.setdefault("images", []).append(
-            {"filename": filename, "subfolder": subfolder, "type": kind})
+        folder = self.folders.temp if kind == "temp" else self.folders.output
+        self.ui.setdefault("images", []).append(file_ref(path, folder, kind))
+
+
+def file_ref(path: Path | str, folder: Path, kind: str = "output") -> dict[str, str]:
+    """A file as the `{filename, subfolder, type}` that `/api/view` takes."""
+    p = Path(path)
+    try:
+        rel = p.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return {"filename": p.name, "subfolder": "", "type": kind}
+    parent = "" if str(rel.parent) == "." else rel.parent.as_posix()
+    return {"filename": rel.name, "subfolder": parent, "type": kind}
 
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
@@ -65,6 +77,12 @@ _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
 def current() -> RunContext | None:
     """The context of the node being executed, or None outside the executor (plain calls)."""
     return _current.get()
+
+
+def folders() -> Folders:
+    """The running node's folders; outside the executor, the defaults and their overrides."""
+    ctx = _current.get()
+    return ctx.folders if ctx is not None else Folders.from_env()
 
 
 def activate(ctx: RunContext | None) -> contextvars.Token[RunContext | None]:

@@ -32,8 +32,9 @@ from typing import Any
 from graph_runtime.cache import CacheEntry, OutputCache
 from graph_runtime.context import Interrupted, RunContext, activate, deactivate
 from graph_runtime.graph import build_graph, output_nodes, plan, validate
-from graph_runtime.nodes import REGISTRY, NodeDef, Registry
-from graph_runtime.workflow import Workflow, load_workflow
+from graph_runtime.registry import REGISTRY, NodeDef, Registry
+from graph_runtime.settings import Folders
+from graph_runtime.workflow import Workflow, is_link, load_workflow
 
 Event = dict[str, Any]
 _MISSING = object()
@@ -102,12 +103,77 @@ def _canonical(value: Any) -> str:
                       ensure_ascii=False)
 
 
-class Executor:
-    """Runs workflows against a registry, sharing one `OutputCache` across runs."""
+class _Emitter:
+    """Delivers events to the caller's handler, tagged with the run id when there is one,
+    so a server can route the events of concurrent clients."""
 
-    def __init__(self, registry: Registry = REGISTRY, cache: OutputCache | None = None) -> None:
+    def __init__(self, on_event: Callable[[Event], None] | None, run_id: str | None) -> None:
+        self.on_event, self.run_id = on_event, run_id
+
+    def __call__(self, event: Event) -> None:
+        if self.on_event is None:
+            return
+        if self.run_id is not None:
+            event["run_id"] = self.run_id
+        self.on_event(event)
+
+    def for_node(self, node_type: str) -> Callable[[str, dict[str, Any]], None]:
+        """What a node's context emits through (progress events)."""
+        return lambda kind, data: self({"type": kind, "node_type": node_type, **data})
+
+
+@dataclass
+class _RunState:
+    """One run's plan and what it has computed so far."""
+
+    order: list[str]
+    prepared: dict[str, _Prepared]
+    roots: set[str]
+    to_run: set[str]
+    result: RunResult
+    # How many nodes still to run read each node's outputs: on out-of-memory, outputs
+    # nobody needs any more are dropped along with the cache.
+    pending: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pending = dict.fromkeys(self.order, 0)
+        for nid in self.to_run:
+            for _, src, _ in self.prepared[nid].links:
+                self.pending[src] += 1
+
+    def arguments(self, nid: str) -> dict[str, Any]:
+        """The node's literals and the outputs linked into it."""
+        prep, values = self.prepared[nid], self.result.outputs
+        kwargs = prep.literals.copy()
+        for name, src, out in prep.links:
+            kwargs[name] = values[src][out]
+            self.pending[src] -= 1
+        return kwargs
+
+    def drop_unneeded(self) -> None:
+        values = self.result.outputs
+        for done in [n for n in values if self.pending[n] == 0 and n not in self.roots]:
+            del values[done]
+
+    def keep(self, nid: str, entry: CacheEntry, cached: bool) -> None:
+        result = self.result
+        result.outputs[nid] = entry.outputs
+        (result.cached if cached else result.executed).append(nid)
+        if entry.ui:
+            result.ui[nid] = entry.ui
+        if entry.files:
+            result.files.extend(entry.files)
+
+
+class Executor:
+    """Runs workflows against a registry, sharing one `OutputCache` across runs. `folders`
+    are where nodes read and write files (the defaults and their overrides if not given)."""
+
+    def __init__(self, registry: Registry = REGISTRY, cache: OutputCache | None = None,
+                 folders: Folders | None = None) -> None:
         self.registry = registry
         self.cache = cache if cache is not None else OutputCache()
+        self.folders = folders if folders is not None else Folders.from_env()
 
     # ------------------------------------------------------------------ planning
     def _prepare(self, wf: Workflow, order: Iterable[str]) -> dict[str, _Prepared]:
@@ -121,20 +187,20 @@ class Executor:
             links: list[tuple[str, str, str]] = []
             for name, spec in definition.inputs.items():
                 value = given.get(name, _MISSING)
-                if type(value) is dict and "from" in value:
+                if is_link(value):
                     links.append((name, value["from"], value["output"]))
                     continue
                 if value is _MISSING:
                     if spec.widget is None:
-                        continue  # optional socket left empty: the function default applies
-                    value = spec.widget.default
+                        continue  # optional socket left empty
+                    value = spec.default
                 if spec.type == "FLOAT" and type(value) is int:
                     value = float(value)
                 literals[name] = value
             prepared[nid] = _Prepared(definition, literals, links)
         return prepared
 
-    def _sign(self, prepared: dict[str, _Prepared], output_dir: Path) -> dict[str, str]:
+    def _sign(self, prepared: dict[str, _Prepared], folders: Folders) -> dict[str, str]:
         sigs: dict[str, str] = {}
         out_dir_text: str | None = None
         for nid, prep in prepared.items():
@@ -142,91 +208,67 @@ class Executor:
             fingerprint = None
             if d.fingerprint is not None:
                 try:
-                    fingerprint = d.fingerprint(prep.literals)
+                    fingerprint = d.fingerprint(prep.literals, folders)
                 except Exception as exc:  # noqa: BLE001 - the node itself will report it
                     fingerprint = f"unreadable:{type(exc).__name__}:{exc}"
             if d.output_node and out_dir_text is None:
-                out_dir_text = str(output_dir.resolve())
+                out_dir_text = str(folders.output.resolve())
             payload = [d.name, d.version, prep.literals,
                        [(i, sigs[s], o) for i, s, o in prep.links], fingerprint,
                        out_dir_text if d.output_node else None]
             sigs[nid] = blake2b(_canonical(payload).encode(), digest_size=16).hexdigest()
         return sigs
 
-    def _plan(self, wf: Workflow, targets: Iterable[str] | None) -> list[str]:
-        errors = validate(wf, self.registry, targets)
+    def _plan(self, wf: Workflow, targets: Iterable[str] | None, folders: Folders
+              ) -> list[str]:
+        g = build_graph(wf, self.registry)
+        errors = validate(wf, self.registry, targets, folders, graph=g)
         if errors:
             raise WorkflowInvalid(errors)
-        g = build_graph(wf, self.registry)
         roots = list(targets) if targets else output_nodes(wf, self.registry)
         return plan(g, roots)
 
+    def _folders(self, output_dir: Path | str | None) -> Folders:
+        return self.folders if output_dir is None else self.folders.with_output(output_dir)
+
     def signatures(self, wf: Workflow | dict[str, Any] | str | Path,
                    targets: Iterable[str] | None = None,
-                   output_dir: Path | str = Path("output")) -> dict[str, str]:
+                   output_dir: Path | str | None = None) -> dict[str, str]:
         """Signatures of the planned nodes (all ancestors of the outputs or targets)."""
-        wf = load_workflow(wf)
-        return self._sign(self._prepare(wf, self._plan(wf, targets)), Path(output_dir))
+        wf, folders = load_workflow(wf), self._folders(output_dir)
+        return self._sign(self._prepare(wf, self._plan(wf, targets, folders)), folders)
 
     # ------------------------------------------------------------------ running
     def run(self, wf: Workflow | dict[str, Any] | str | Path,
             targets: Iterable[str] | None = None,
             on_event: Callable[[Event], None] | None = None,
             interrupt: threading.Event | None = None,
-            output_dir: Path | str = Path("output"),
+            output_dir: Path | str | None = None,
             run_id: str | None = None) -> RunResult:
-        """Validate (raising `WorkflowInvalid`), then run the plan. Every event carries
-        `run_id` when one is given, so a server can route events of concurrent clients."""
+        """Validate (raising `WorkflowInvalid`), then run the plan. `output_dir` replaces
+        the executor's output folder for this run. Every event carries `run_id` when one
+        is given."""
         started = time.perf_counter()
-        wf = load_workflow(wf)
-        output_dir = Path(output_dir)
+        wf, folders = load_workflow(wf), self._folders(output_dir)
         interrupt = interrupt if interrupt is not None else threading.Event()
         targets = list(targets) if targets else None
-        order = self._plan(wf, targets)
+        order = self._plan(wf, targets, folders)
         prepared = self._prepare(wf, order)
-        sigs = self._sign(prepared, output_dir)
-        result = RunResult(signatures=sigs)
-
-        if on_event is None:
-            def emit(event: Event) -> None:
-                return None
-        elif run_id is None:
-            emit = on_event
-        else:
-            def emit(event: Event) -> None:
-                event["run_id"] = run_id
-                on_event(event)
-
-        emit({"type": "queued", "nodes": order})
+        sigs = self._sign(prepared, folders)
+        emit = _Emitter(on_event, run_id)
         emit({"type": "run_started", "nodes": order})
         roots = set(targets) if targets else {n for n in order
                                               if prepared[n].definition.output_node}
         hits, to_run = self._lookup(order, prepared, sigs, roots)
-        workflow_dict = wf.to_dict()
-        values = result.outputs
-        # How many nodes still to run read each node's outputs: on out-of-memory, outputs
-        # nobody needs any more are dropped along with the cache.
-        pending: dict[str, int] = dict.fromkeys(order, 0)
-        for nid in to_run:
-            for _, src, _ in prepared[nid].links:
-                pending[src] += 1
-
-        def free_memory() -> None:
-            self.cache.free()
-            for done in [n for n in values if pending[n] == 0 and n not in roots]:
-                del values[done]
-            _release_device_memory()
-
+        state = _RunState(order, prepared, roots, to_run, RunResult(signatures=sigs))
+        call = _NodeCall(emit, interrupt, folders, wf.to_dict(), lambda: self._free(state))
+        result = state.result
         for nid in order:
-            prep = prepared[nid]
-            d = prep.definition
-            entry = hits.get(nid)
-            if entry is not None:
-                values[nid] = entry.outputs
-                result.cached.append(nid)
-                self._collect(result, nid, entry.ui, entry.files)
+            d = prepared[nid].definition
+            if nid in hits:
+                state.keep(nid, hits[nid], cached=True)
                 emit({"type": "node_cached", "node": nid, "node_type": d.name,
-                      "ui": entry.ui})
+                      "ui": hits[nid].ui})
                 continue
             if nid not in to_run:
                 continue  # not cached, but nothing that has to run needs it
@@ -234,26 +276,24 @@ class Executor:
                 result.interrupted = True
                 emit({"type": "interrupted", "node": nid, "node_type": d.name})
                 break
-            kwargs = prep.literals.copy()
-            for name, src, out in prep.links:
-                kwargs[name] = values[src][out]
-                pending[src] -= 1
-            if d.output_node:
-                output_dir.mkdir(parents=True, exist_ok=True)
-            outcome = self._execute(nid, d, kwargs, emit, interrupt, output_dir,
-                                    workflow_dict, free_memory)
+            outcome = call(nid, d, state.arguments(nid))
             if isinstance(outcome, CacheEntry):
                 self.cache.put(sigs[nid], outcome)
-                values[nid] = outcome.outputs
-                result.executed.append(nid)
-                self._collect(result, nid, outcome.ui, outcome.files)
+                state.keep(nid, outcome, cached=False)
                 continue
-            if outcome is None:
-                result.interrupted = True
-            else:
-                result.error = outcome
+            result.interrupted = outcome is None
+            result.error = outcome
             break
+        self._finish(result, started, emit)
+        return result
 
+    def _free(self, state: _RunState) -> None:
+        self.cache.free()
+        state.drop_unneeded()
+        _release_device_memory()
+
+    @staticmethod
+    def _finish(result: RunResult, started: float, emit: _Emitter) -> None:
         result.ok = result.error is None and not result.interrupted
         result.seconds = time.perf_counter() - started
         finished: Event = {"type": "run_finished", "executed": list(result.executed),
@@ -263,7 +303,6 @@ class Executor:
         if result.error is not None:
             finished["error"] = result.error
         emit(finished)
-        return result
 
     def _lookup(self, order: list[str], prepared: dict[str, _Prepared], sigs: dict[str, str],
                 roots: set[str]) -> tuple[dict[str, CacheEntry], set[str]]:
@@ -286,40 +325,41 @@ class Executor:
                 required.update(src for _, src, _ in prepared[nid].links)
         return hits, to_run
 
-    @staticmethod
-    def _collect(result: RunResult, nid: str, ui: dict[str, Any], files: list[str]) -> None:
-        if ui:
-            result.ui[nid] = ui
-        if files:
-            result.files.extend(files)
 
-    def _execute(self, nid: str, d: NodeDef, kwargs: dict[str, Any],
-                 emit: Callable[[Event], None], interrupt: threading.Event,
-                 output_dir: Path, workflow_dict: dict[str, Any],
-                 free_memory: Callable[[], None]) -> CacheEntry | dict[str, Any] | None:
+@dataclass
+class _NodeCall:
+    """Calls one node inside its run context: events, interrupt, one retry on OOM."""
+
+    emit: _Emitter
+    interrupt: threading.Event
+    folders: Folders
+    workflow: dict[str, Any]
+    free_memory: Callable[[], None]
+
+    def __call__(self, nid: str, d: NodeDef, kwargs: dict[str, Any]
+                 ) -> CacheEntry | dict[str, Any] | None:
         """Run one node. Returns its entry, an error dict, or None when interrupted."""
-        node_type = d.name
-
-        def ctx_emit(kind: str, data: dict[str, Any]) -> None:
-            emit({"type": kind, "node_type": node_type, **data})
-
+        node_type, emit = d.name, self.emit
+        if d.output_node:
+            self.folders.output.mkdir(parents=True, exist_ok=True)
         emit({"type": "node_started", "node": nid, "node_type": node_type})
         retried = False
         while True:
-            ctx = RunContext(nid, node_type, output_dir, workflow_dict, interrupt, ctx_emit)
+            ctx = RunContext(nid, node_type, self.folders, self.workflow, self.interrupt,
+                             emit.for_node(node_type))
             t0 = time.perf_counter()
             token = activate(ctx)
             try:
                 outputs = d.call(kwargs)
             except (Interrupted, KeyboardInterrupt):
-                interrupt.set()
+                self.interrupt.set()
                 emit({"type": "interrupted", "node": nid, "node_type": node_type})
                 return None
             except Exception as exc:  # noqa: BLE001 - any node failure becomes an event
                 if not retried and is_out_of_memory(exc):
                     retried = True  # once: a second out-of-memory error is reported
                     del exc
-                    free_memory()
+                    self.free_memory()
                     continue
                 error = {"node": nid, "node_type": node_type,
                          "exception_type": type(exc).__name__, "message": str(exc),
@@ -329,7 +369,6 @@ class Executor:
                 return error
             finally:
                 deactivate(token)
-            seconds = time.perf_counter() - t0
             emit({"type": "node_finished", "node": nid, "node_type": node_type,
-                  "seconds": seconds, "ui": ctx.ui})
-            return CacheEntry(outputs, ctx.ui, ctx.files, node_type=node_type)
+                  "seconds": time.perf_counter() - t0, "ui": ctx.ui})
+            return CacheEntry(outputs, ctx.ui, ctx.files)

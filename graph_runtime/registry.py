@@ -1,14 +1,12 @@
-"""Typed function nodes: the `@node` decorator, socket types, widget specs, the registry.
+"""Typed function nodes: the `@node` decorator, node definitions and the registry.
 
-A node is a plain Python function. Its type hints say which inputs are wired sockets
-(annotated with a socket value class or a primitive), which are widgets edited in place
-(a default built with `Int`, `Float`, `Text`, `Choice`, `Seed`, `Bool`), and what it returns
-(one socket type, or a NamedTuple of them for several named outputs). Deriving everything
-from the signature keeps a node's definition, its schema and its call in one place, so they
-cannot drift apart the way ComfyUI's separate INPUT_TYPES / RETURN_TYPES / FUNCTION can.
-
-The engine knows socket types only by name. The node library defines the value classes
-(e.g. a wrapped UNet) and marks each with `__socket__ = "UNET"`; any such class can annotate.
+A node is a plain Python function. Its type hints say which inputs are wired sockets (a
+registered socket value class, or a primitive), which are widgets edited in place (a
+primitive annotated with a widget spec: `steps: Annotated[int, Int(min=1)] = 20`), and
+what it returns (one socket type, or a NamedTuple of them for several named outputs).
+Deriving everything from the signature keeps a node's definition, its schema and its call
+in one place, so they cannot drift apart the way ComfyUI's separate INPUT_TYPES /
+RETURN_TYPES / FUNCTION can; and the decorated function stays callable as it was written.
 """
 
 from __future__ import annotations
@@ -16,33 +14,23 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
-from graph_runtime.widgets import Bool, Choice, Float, Int, Seed, Text, Widget
+from graph_runtime.settings import Folders
+from graph_runtime.sockets import PRIMITIVE_TYPES, PRIMITIVES, SocketType
+from graph_runtime.widgets import Choice, Widget
 
 __all__ = [
-    "COMPATIBLE", "PRIMITIVES", "REGISTRY", "SOCKET_TYPES", "Bool", "Choice", "Float",
-    "InputSpec", "Int", "NodeDef", "NodeDefinitionError", "OutputSpec", "Registry", "Seed",
-    "Text", "Widget", "build_definition", "node", "socket_name", "types_compatible",
+    "REGISTRY", "InputSpec", "NodeDef", "NodeDefinitionError", "OutputSpec", "Registry",
+    "build_definition", "node", "socket_name",
 ]
 
-# The closed set of socket types. Primitives double as widget value types.
-PRIMITIVES: dict[type, str] = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}
-SOCKET_TYPES: frozenset[str] = frozenset(
-    {
-        "TOKENIZER", "TEXT_ENCODER", "UNET", "VAE", "SCHEDULER", "TOKENS", "CONDITIONING",
-        "LATENT", "IMAGE", "MASK", "INT", "FLOAT", "STRING", "BOOLEAN",
-    }
-)
-# A wired INT may feed a FLOAT input; nothing else converts implicitly.
-COMPATIBLE: frozenset[tuple[str, str]] = frozenset({("INT", "FLOAT")})
-
-
-def types_compatible(produced: str, expected: str) -> bool:
-    """Whether an output of type `produced` may be linked into an input of type `expected`."""
-    return produced == expected or (produced, expected) in COMPATIBLE
+# fingerprint(literal inputs, folders): a string that changes when files the node reads do.
+Fingerprint = Callable[[Mapping[str, Any], Folders], "str | None"]
+# absent_outputs(literal inputs, folders): outputs that will be empty, with the reason.
+AbsentOutputs = Callable[[Mapping[str, Any], Folders], Mapping[str, str]]
 
 
 class NodeDefinitionError(TypeError):
@@ -52,23 +40,27 @@ class NodeDefinitionError(TypeError):
 # ---------------------------------------------------------------------------- sockets
 @dataclass(frozen=True)
 class InputSpec:
-    """One input of a node: a socket type, and either a widget (editable literal) or none
-    (must be wired unless optional)."""
+    """One input of a node: a socket type, and either a widget with its default (an
+    editable literal) or none (must be wired unless optional)."""
 
     name: str
     type: str
     widget: Widget | None = None
+    default: Any = None
     optional: bool = False
 
     @property
     def required(self) -> bool:
         return self.widget is None and not self.optional
 
-    def schema(self) -> dict[str, Any]:
+    def schema(self, folders: Folders | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type,
                                "required": self.required}
         if self.widget is not None:
-            out.update(self.widget.spec())
+            spec = self.widget.spec(folders)
+            out["widget"] = spec.pop("widget")
+            out["default"] = self.default
+            out.update(spec)
         return out
 
 
@@ -91,18 +83,20 @@ class NodeDef:
     display_name: str = ""
     output_node: bool = False
     version: int = 1
-    fingerprint: Callable[[Mapping[str, Any]], str | None] | None = None
+    fingerprint: Fingerprint | None = None
+    absent_outputs: AbsentOutputs | None = None
     multi_output: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Optional sockets without a Python default: an unlinked one is passed as None.
+    unlinked: dict[str, None] = field(default_factory=dict)
 
-    def schema(self) -> dict[str, Any]:
+    def schema(self, folders: Folders | None = None) -> dict[str, Any]:
         """JSON schema for the front end and `noodle nodes --json`."""
         return {
             "name": self.name,
             "display_name": self.display_name or self.name,
             "category": self.category,
             "description": self.description,
-            "inputs": [spec.schema() for spec in self.inputs.values()],
+            "inputs": [spec.schema(folders) for spec in self.inputs.values()],
             "outputs": [{"name": o.name, "type": o.type} for o in self.outputs],
             "output_node": self.output_node,
             "version": self.version,
@@ -110,7 +104,7 @@ class NodeDef:
 
     def call(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Run the function and return its outputs by name."""
-        result = self.func(**kwargs)
+        result = self.func(**{**self.unlinked, **kwargs} if self.unlinked else kwargs)
         if not self.outputs:
             return {}
         if self.multi_output:
@@ -118,16 +112,13 @@ class NodeDef:
         return {self.outputs[0].name: result}
 
 
+# ---------------------------------------------------------------------------- signatures
 def socket_name(annotation: Any) -> str | None:
-    """Map an annotation to a socket type name, or None if it is not one."""
+    """The socket type name an annotation stands for, or None if it is not one."""
     if annotation in PRIMITIVES:
         return PRIMITIVES[annotation]
     name = getattr(annotation, "__socket__", None)
-    if isinstance(name, str):
-        if name not in SOCKET_TYPES:
-            raise NodeDefinitionError(f"unknown socket type {name!r}")
-        return name
-    return None
+    return name if isinstance(name, str) else None
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -139,83 +130,113 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def _split_annotated(annotation: Any) -> tuple[Any, Widget | None]:
+    """`Annotated[int, Int(...)]` -> `(int, Int(...))`; anything else -> `(it, None)`."""
+    if typing.get_origin(annotation) is not Annotated:
+        return annotation, None
+    base, *meta = typing.get_args(annotation)
+    widgets = [m for m in meta if isinstance(m, Widget)]
+    return base, (widgets[0] if widgets else None)
+
+
 def _is_namedtuple(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
 
 
-def _default_output_name(socket: str) -> str:
-    return socket.lower()
+class _Signature:
+    """Reads one function's signature into sockets, checking each against a registry."""
 
+    def __init__(self, func: Callable[..., Any], name: str, registry: Registry,
+                 localns: Mapping[str, Any] | None) -> None:
+        self.func, self.name, self.registry = func, name, registry
+        try:
+            self.hints = typing.get_type_hints(func, localns=dict(localns or {}),
+                                               include_extras=True)
+        except NameError as exc:
+            raise NodeDefinitionError(f"{name}: cannot resolve a type hint: {exc}") from exc
 
-def build_definition(
-    func: Callable[..., Any],
-    name: str,
-    category: str,
-    output: str | None,
-    output_node: bool,
-    version: int,
-    fingerprint: Callable[[Mapping[str, Any]], str | None] | None,
-    display_name: str,
-) -> NodeDef:
-    hints = typing.get_type_hints(func, include_extras=False)
-    sig = inspect.signature(func)
-    inputs: dict[str, InputSpec] = {}
-    for pname, param in sig.parameters.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise NodeDefinitionError(f"{name}: *args/**kwargs cannot become sockets")
-        if pname not in hints:
-            raise NodeDefinitionError(f"{name}: input {pname!r} has no type hint")
-        annotation, optional = _unwrap_optional(hints[pname])
-        default = param.default
-        if isinstance(default, Widget):
-            socket = socket_name(annotation)
-            if socket != default.socket:
-                raise NodeDefinitionError(
-                    f"{name}: widget {type(default).__name__} on {pname!r} needs a "
-                    f"{default.socket} annotation")
-            inputs[pname] = InputSpec(pname, socket, widget=default)
-            continue
+    def socket(self, annotation: Any, what: str) -> str:
         socket = socket_name(annotation)
         if socket is None:
-            raise NodeDefinitionError(f"{name}: {pname!r} is annotated {annotation!r}, "
+            raise NodeDefinitionError(f"{self.name}: {what} is annotated {annotation!r}, "
                                       "which is not a socket type")
-        if default is not inspect.Parameter.empty and default is not None:
-            raise NodeDefinitionError(f"{name}: {pname!r} has a plain default; use a widget")
-        inputs[pname] = InputSpec(pname, socket, optional=optional or default is None)
+        if socket not in self.registry.socket_types:
+            raise NodeDefinitionError(f"{self.name}: {what} has the unknown socket type "
+                                      f"{socket!r}; register it with @socket_type")
+        return socket
 
-    ret = hints.get("return", None)
-    outputs: list[OutputSpec] = []
-    multi = False
-    if ret is None or ret is type(None):
-        pass
-    elif _is_namedtuple(ret):
-        multi = True
-        field_hints = typing.get_type_hints(ret)
-        for fname in ret._fields:
-            socket = socket_name(field_hints.get(fname))
-            if socket is None:
-                raise NodeDefinitionError(f"{name}: output {fname!r} is not a socket type")
-            outputs.append(OutputSpec(fname, socket))
-    else:
-        socket = socket_name(ret)
-        if socket is None:
-            raise NodeDefinitionError(f"{name}: return type {ret!r} is not a socket type")
-        outputs.append(OutputSpec(output or _default_output_name(socket), socket))
+    def input(self, param: inspect.Parameter) -> InputSpec:
+        pname, empty = param.name, inspect.Parameter.empty
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise NodeDefinitionError(f"{self.name}: *args/**kwargs cannot become sockets")
+        if pname not in self.hints:
+            raise NodeDefinitionError(f"{self.name}: input {pname!r} has no type hint")
+        annotation, widget = _split_annotated(self.hints[pname])
+        annotation, optional = _unwrap_optional(annotation)
+        socket = self.socket(annotation, f"input {pname!r}")
+        if isinstance(param.default, Widget):
+            raise NodeDefinitionError(f"{self.name}: {pname!r} has a widget as its default; "
+                                      f"write `{pname}: Annotated[type, Widget(...)] = value`")
+        if widget is None:
+            if param.default is not empty and param.default is not None:
+                raise NodeDefinitionError(f"{self.name}: {pname!r} has a default but no "
+                                          "widget; annotate it with Annotated[..., Widget]")
+            return InputSpec(pname, socket, optional=optional or param.default is None)
+        if socket != widget.socket:
+            raise NodeDefinitionError(f"{self.name}: widget {type(widget).__name__} on "
+                                      f"{pname!r} needs a {widget.socket} annotation")
+        if param.default is empty:
+            raise NodeDefinitionError(f"{self.name}: widget input {pname!r} needs a default")
+        static = not (isinstance(widget, Choice) and callable(widget.options))
+        problem = widget.check(param.default) if static else None
+        if problem is not None:
+            raise NodeDefinitionError(f"{self.name}: default of {pname!r}: {problem[1]}")
+        return InputSpec(pname, socket, widget=widget, default=param.default)
 
-    doc = inspect.cleandoc(func.__doc__ or "")
+    def outputs(self, output: str | None) -> tuple[list[OutputSpec], bool]:
+        ret = self.hints.get("return", None)
+        if ret is None or ret is type(None):
+            return [], False
+        if _is_namedtuple(ret):
+            field_hints = typing.get_type_hints(ret)
+            return [OutputSpec(f, self.socket(field_hints.get(f), f"output {f!r}"))
+                    for f in ret._fields], True
+        socket = self.socket(ret, "the return type")
+        return [OutputSpec(output or socket.lower(), socket)], False
+
+
+def build_definition(func: Callable[..., Any], name: str, registry: Registry, *,
+                     category: str = "misc", output: str | None = None,
+                     output_node: bool = False, version: int = 1,
+                     fingerprint: Fingerprint | None = None,
+                     absent_outputs: AbsentOutputs | None = None,
+                     display_name: str = "",
+                     localns: Mapping[str, Any] | None = None) -> NodeDef:
+    """The definition of `func` as node type `name`, its sockets checked against the
+    socket types `registry` knows. `localns` resolves string annotations that name
+    locals of the scope the node is defined in (a node made inside a function)."""
+    reader = _Signature(func, name, registry, localns)
+    params = inspect.signature(func).parameters.values()
+    inputs = {p.name: reader.input(p) for p in params}
+    outputs, multi = reader.outputs(output)
+    unlinked = {p.name: None for p in params
+                if inputs[p.name].optional and p.default is inspect.Parameter.empty}
     return NodeDef(
         name=name, func=func, inputs=inputs, outputs=outputs, category=category,
-        description=doc, display_name=display_name, output_node=output_node,
-        version=version, fingerprint=fingerprint, multi_output=multi,
+        description=inspect.cleandoc(func.__doc__ or ""), display_name=display_name,
+        output_node=output_node, version=version, fingerprint=fingerprint,
+        absent_outputs=absent_outputs, multi_output=multi, unlinked=unlinked,
     )
 
 
 # ---------------------------------------------------------------------------- registry
 class Registry:
-    """Node types by name. The process-wide default is `REGISTRY`; tests may build their own."""
+    """Node types and socket types by name. The process-wide default is `REGISTRY`; tests
+    may build their own. A new registry knows the primitive socket types."""
 
     def __init__(self) -> None:
         self._defs: dict[str, NodeDef] = {}
+        self.socket_types: dict[str, SocketType] = {t.name: t for t in PRIMITIVE_TYPES}
 
     def add(self, definition: NodeDef) -> NodeDef:
         existing = self._defs.get(definition.name)
@@ -227,6 +248,21 @@ class Registry:
         self._defs[definition.name] = definition
         return definition
 
+    def add_socket_type(self, socket: SocketType) -> SocketType:
+        """Register a socket type; registering the same one again (a reloaded module) is
+        allowed, a different one under a known name is an error."""
+        existing = self.socket_types.get(socket.name)
+        if existing is not None and existing != socket:
+            raise NodeDefinitionError(f"socket type {socket.name!r} registered twice, "
+                                      "differently")
+        self.socket_types[socket.name] = socket
+        return socket
+
+    def accepts(self, expected: str, produced: str) -> bool:
+        """Whether an output of type `produced` may be linked into an input of `expected`."""
+        socket = self.socket_types.get(expected)
+        return produced == expected if socket is None else socket.takes(produced)
+
     def get(self, name: str) -> NodeDef | None:
         return self._defs.get(name)
 
@@ -236,14 +272,20 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._defs
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._defs))
 
     def __len__(self) -> int:
         return len(self._defs)
 
-    def schemas(self) -> dict[str, dict[str, Any]]:
-        return {name: self._defs[name].schema() for name in sorted(self._defs)}
+    def schemas(self, folders: Folders | None = None) -> dict[str, dict[str, Any]]:
+        """Every node's schema by type name; choices that list a folder list `folders`'."""
+        folders = folders if folders is not None else Folders.from_env()
+        return {name: self._defs[name].schema(folders) for name in sorted(self._defs)}
+
+    def type_schemas(self) -> dict[str, dict[str, Any]]:
+        """Every socket type's name, colour and accepted types, for the canvas."""
+        return {name: self.socket_types[name].schema() for name in sorted(self.socket_types)}
 
 
 REGISTRY = Registry()
@@ -256,22 +298,32 @@ def node(
     output: str | None = None,
     output_node: bool = False,
     version: int = 1,
-    fingerprint: Callable[[Mapping[str, Any]], str | None] | None = None,
+    fingerprint: Fingerprint | None = None,
+    absent_outputs: AbsentOutputs | None = None,
     display_name: str = "",
     registry: Registry | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register `func` as node type `name`.
+    """Register `func` as node type `name`; the function itself is returned unchanged.
 
     `output` names a single output (default: the socket type in lower case).
     `version` enters the cache signature: bump it when the node's behaviour changes.
-    `fingerprint(inputs)` returns a string for nodes that read files (path, size, mtime),
-    so an edited file on disk invalidates the cache although the literal inputs did not change.
+    `fingerprint(inputs, folders)` returns a string for nodes that read files (path, size,
+    mtime), so an edited file on disk invalidates the cache although the literal inputs did
+    not change. `absent_outputs(inputs, folders)` names outputs the node will leave empty
+    for these inputs, with the reason, so that linking one fails validation, not the run.
     """
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
-        definition = build_definition(func, name, category, output, output_node, version,
-                                      fingerprint, display_name)
-        (REGISTRY if registry is None else registry).add(definition)
+        target = REGISTRY if registry is None else registry
+        # The defining scope's locals, for annotations that name them (postponed
+        # evaluation turns every annotation into a string).
+        caller = inspect.currentframe()
+        localns = caller.f_back.f_locals if caller is not None and caller.f_back else None
+        definition = build_definition(
+            func, name, target, category=category, output=output, output_node=output_node,
+            version=version, fingerprint=fingerprint, absent_outputs=absent_outputs,
+            display_name=display_name, localns=localns)
+        target.add(definition)
         func.__node__ = definition  # type: ignore[attr-defined]
         return func
 

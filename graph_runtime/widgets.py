@@ -1,36 +1,44 @@
-"""Widget specs: how a literal input is edited in place, its default, and its bounds.
+"""Widget specs: how a literal input is edited in place, and which values it accepts.
+
+A widget rides in the parameter's annotation, the way FastAPI and Hamilton carry metadata:
+`steps: Annotated[int, Int(min=1, max=1000)] = 20`. The default stays the parameter's own
+default, so a node remains an ordinary function that can be called with its real defaults.
 
 Each widget checks a value and returns a validation code and message instead of raising,
-so validation can collect every problem of a workflow at once. They live apart from the
-decorator (`graph_runtime.nodes` re-exports them) to keep each module about one thing.
+so validation can collect every problem of a workflow at once.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
+from graph_runtime.settings import Folders
 
-@dataclass(frozen=True)
+Problem = tuple[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Widget:
-    """Base of the widget specs: a default value plus how the canvas edits it."""
+    """Base of the widget specs: how the canvas edits a literal input."""
 
-    default: Any
     tooltip: str = ""
     kind: typing.ClassVar[str] = ""
     socket: typing.ClassVar[str] = ""
 
-    def spec(self) -> dict[str, Any]:
-        """The JSON the front end renders the widget from."""
-        out = {"widget": self.kind, "default": self.default}
-        for key, value in self.__dict__.items():
-            if key not in ("default",) and value not in (None, "", ()):
-                out[key] = list(value) if isinstance(value, tuple) else value
+    def spec(self, folders: Folders | None = None) -> dict[str, Any]:
+        """The JSON the front end renders the widget from (the default is added by the
+        input, which owns it)."""
+        out: dict[str, Any] = {"widget": self.kind}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value not in (None, "", ()):
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    def check(self, value: Any) -> tuple[str, str] | None:
+    def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         """Return `(code, message)` if `value` is not acceptable, else None."""
         return None
 
@@ -39,7 +47,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _range_error(value: float, low: float | None, high: float | None) -> tuple[str, str] | None:
+def _range_error(value: float, low: float | None, high: float | None) -> Problem | None:
     """The bounds check Int and Float share."""
     if low is not None and value < low:
         return "value_out_of_range", f"{value} is below the minimum {low}"
@@ -48,119 +56,118 @@ def _range_error(value: float, low: float | None, high: float | None) -> tuple[s
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Int(Widget):
-    default: int = 0
     min: int | None = None
     max: int | None = None
     step: int = 1
-    tooltip: str = ""
     kind: typing.ClassVar[str] = "int"
     socket: typing.ClassVar[str] = "INT"
 
-    def check(self, value: Any) -> tuple[str, str] | None:
+    def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not (_is_number(value) and float(value).is_integer()):
             return "invalid_value_type", f"expected an integer, got {value!r}"
         return _range_error(value, self.min, self.max)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Seed(Int):
     """An integer seed; the canvas offers "randomize after run" (control_after_generate).
 
     The maximum is 2**53 - 1 so the value survives a round trip through JavaScript numbers.
     """
 
-    default: int = 0
     min: int | None = 0
     max: int | None = 2**53 - 1
     control_after_run: str = "fixed"
-    tooltip: str = ""
     kind: typing.ClassVar[str] = "seed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Float(Widget):
-    default: float = 0.0
     min: float | None = None
     max: float | None = None
     step: float = 0.01
-    tooltip: str = ""
     kind: typing.ClassVar[str] = "float"
     socket: typing.ClassVar[str] = "FLOAT"
 
-    def check(self, value: Any) -> tuple[str, str] | None:
+    def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not _is_number(value):
             return "invalid_value_type", f"expected a number, got {value!r}"
         return _range_error(value, self.min, self.max)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Text(Widget):
-    default: str = ""
     multiline: bool = False
-    tooltip: str = ""
     kind: typing.ClassVar[str] = "text"
     socket: typing.ClassVar[str] = "STRING"
 
-    def check(self, value: Any) -> tuple[str, str] | None:
+    def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not isinstance(value, str):
             return "invalid_value_type", f"expected text, got {value!r}"
         return None
 
 
+Options = Sequence[str] | Callable[[Folders], Sequence[str]]
+
+
 @dataclass(frozen=True, init=False)
 class Choice(Widget):
-    """One of a fixed list of strings. `options` may be a callable, for lists that change
-    at run time (e.g. the models folder); it is re-read each time the schema is exported."""
+    """One of a list of strings.
 
-    default: str = ""
-    tooltip: str = ""
-    options: tuple[str, ...] | Callable[[], list[str]] = ()
+    `options` may be a function of the run's `Folders`, for lists that come from a folder
+    (checkpoints, uploaded images); it is re-read each time the schema is exported, with
+    the folders of the server or run that asks. `allow_other` accepts values outside the
+    list (a path typed by hand). `upload` names what the canvas may upload into the input
+    folder for this widget (today "image"), so the front end needs no list of such nodes.
+    """
+
+    options: tuple[str, ...] | Callable[[Folders], Sequence[str]] = ()
     allow_other: bool = False
+    upload: str = ""
     kind: typing.ClassVar[str] = "choice"
     socket: typing.ClassVar[str] = "STRING"
 
-    def __init__(self, options: typing.Sequence[str] | Callable[[], list[str]],
-                 default: str | None = None, tooltip: str = "",
-                 allow_other: bool = False) -> None:
-        opts = options if callable(options) else tuple(options)
-        if default is None:
-            default = "" if callable(opts) or not opts else opts[0]
-        object.__setattr__(self, "options", opts)
-        object.__setattr__(self, "default", default)
-        object.__setattr__(self, "tooltip", tooltip)
+    def __init__(self, options: Options, *, allow_other: bool = False, upload: str = "",
+                 tooltip: str = "") -> None:
+        object.__setattr__(self, "options", options if callable(options) else tuple(options))
         object.__setattr__(self, "allow_other", allow_other)
+        object.__setattr__(self, "upload", upload)
+        object.__setattr__(self, "tooltip", tooltip)
 
-    def current_options(self) -> list[str]:
-        return list(self.options()) if callable(self.options) else list(self.options)
+    def current_options(self, folders: Folders | None = None) -> list[str]:
+        if callable(self.options):
+            return list(self.options(folders if folders is not None else Folders.from_env()))
+        return list(self.options)
 
-    def spec(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"widget": self.kind, "default": self.default,
-                               "options": self.current_options()}
+    def spec(self, folders: Folders | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"widget": self.kind, "options": self.current_options(folders)}
         if self.tooltip:
             out["tooltip"] = self.tooltip
         if self.allow_other:
             out["allow_other"] = True
+        if self.upload:
+            out["upload"] = self.upload
         return out
 
-    def check(self, value: Any) -> tuple[str, str] | None:
+    def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not isinstance(value, str):
             return "invalid_value_type", f"expected one of the choices, got {value!r}"
-        if not self.allow_other and value not in self.current_options():
-            shown = ", ".join(self.current_options()[:20])
-            return "invalid_choice", f"{value!r} is not one of: {shown}"
+        if self.allow_other:
+            return None
+        options = self.current_options(folders)
+        if value not in options:
+            return "invalid_choice", f"{value!r} is not one of: {', '.join(options[:20])}"
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Bool(Widget):
-    default: bool = False
-    tooltip: str = ""
     kind: typing.ClassVar[str] = "bool"
     socket: typing.ClassVar[str] = "BOOLEAN"
 
-    def check(self, value: Any) -> tuple[str, str] | None:
+    def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not isinstance(value, bool):
             return "invalid_value_type", f"expected true or false, got {value!r}"
         return None

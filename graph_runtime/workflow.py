@@ -14,7 +14,7 @@ being loaded and saved by this one.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,6 @@ from typing import Any
 FORMAT = "noodle.workflow"
 VERSION = 1
 _KNOWN_TOP = frozenset({"format", "version", "name", "description", "nodes", "ui"})
-
-# Importers for foreign formats (e.g. ComfyUI's API and UI JSON). Each returns a v1 dict,
-# or None when the data is not its format. The node library's compatibility module appends.
-Importer = Callable[[Any], "dict[str, Any] | None"]
-IMPORTERS: list[Importer] = []
-
 
 class WorkflowFormatError(ValueError):
     """The file is not a well-formed v1 workflow. The message names where in the file."""
@@ -67,9 +61,6 @@ class Workflow:
         out.update(self.extra)
         return out
 
-    def inputs(self, node_id: str) -> dict[str, Any]:
-        return self.nodes[node_id].get("inputs") or {}
-
     def copy(self) -> Workflow:
         """A copy whose node and input dicts may be edited without touching this one."""
         nodes = {nid: {**nd, "inputs": dict(nd.get("inputs") or {})}
@@ -93,7 +84,7 @@ def _check_node(nid: str, nd: Any) -> None:
     if not isinstance(inputs, dict):
         raise WorkflowFormatError("\"inputs\" must be an object", where + ".inputs")
     for iname, value in inputs.items():
-        if type(value) is dict and "from" in value:
+        if is_link(value):
             at = f"{where}.inputs.{iname}"
             if not isinstance(value["from"], str):
                 raise WorkflowFormatError("a link's \"from\" must be a node id string",
@@ -112,10 +103,6 @@ def from_dict(data: Any) -> Workflow:
         raise WorkflowFormatError(f"a workflow must be a JSON object, got {type(data).__name__}",
                                   "top level")
     if data.get("format") != FORMAT:
-        for importer in IMPORTERS:
-            converted = importer(data)
-            if converted is not None:
-                return from_dict(converted)
         raise WorkflowFormatError(f"expected \"format\": \"{FORMAT}\", got "
                                   f"{data.get('format')!r}", "format")
     version = data.get("version")

@@ -1,2 +1,8 @@
-from nodes import primitives  # noqa: F401, I001
+"""Noodle's node library: importing it registers its socket types and nodes.
+
+The engine (`graph_runtime`) never imports this package; the command line and the server
+import it by name (`--nodes nodes`, the default), once.
+"""
+
+from nodes import primitives  # noqa: F401, I001  (no torch: the engine's own smoke tests)
 from nodes import images, latents, loaders, sampling, settings, text  # noqa: F401, I001

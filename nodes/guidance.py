@@ -2,8 +2,8 @@
 
 Batch rules (one place, so every sampler agrees):
 - latents and prompts of equal batch pair up image by image;
-- one latent with N prompts: the same noise (same seed) for every prompt — the seeds'
-  "four prompt variants with one seed";
+- one latent with N prompts: the same noise (same seed) for every prompt — the
+  "four prompt variants with one seed" of diffusers' effective-and-efficient guide;
 - N latents with one prompt: the prompt is shared;
 - N*k latents with N prompts: k images per prompt, consecutive (diffusers'
   `num_images_per_prompt`).

@@ -1,20 +1,19 @@
 """Image nodes: load, save (with the workflow inside the PNG), preview, batch, grid.
 
 Saved files are never overwritten: names are `prefix_00001_.png`, `prefix_00002_.png`, ...
-(ComfyUI's pattern), the counter continuing after the highest one present, and each file
-is created exclusively so two runs racing for a number cannot clobber each other.
+(ComfyUI's pattern), written through `NumberedFiles`. Folders come from the run's context:
+images are read from its input folder, saved to its output folder, previewed in its temp
+folder.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,53 +21,40 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from graph_runtime.context import current
-from graph_runtime.nodes import Choice, Int, Text, node
+from graph_runtime import Choice, Folders, Int, Text, current, folders, node
+from nodes.files import NumberedFiles
 from nodes.types import Image, Mask
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def input_dir() -> Path:
-    return Path(os.environ.get("NOODLE_INPUT_DIR", "input"))
-
-
-def temp_dir() -> Path:
-    """Where PreviewImage writes: `NOODLE_TEMP_DIR`, else `temp` beside the output folder."""
-    env = os.environ.get("NOODLE_TEMP_DIR")
-    if env:
-        return Path(env)
-    ctx = current()
-    return (ctx.output_dir.parent if ctx is not None else Path(".")) / "temp"
-
-
-def input_choices() -> list[str]:
-    folder = input_dir()
+def input_choices(folders: Folders) -> list[str]:
+    """The images in the input folder, for LoadImage's list."""
+    folder = folders.input
     if not folder.is_dir():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def resolve_image_path(path: str) -> Path:
+def resolve_image_path(path: str, input_dir: Path) -> Path:
     """An absolute path, a path under the input folder, or one relative to the working
     directory or to the project (shipped workflows refer to `workflows/images/...`)."""
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    for candidate in (input_dir() / p, p, REPO_ROOT / p):
+    for candidate in (input_dir / p, p, REPO_ROOT / p):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"image {path!r} not found in {input_dir()} nor in "
-                            f"{Path.cwd()}")
+    raise FileNotFoundError(f"image {path!r} not found in {input_dir} nor in {Path.cwd()}")
 
 
-def image_fingerprint(inputs: Mapping[str, Any]) -> str | None:
+def image_fingerprint(inputs: Mapping[str, Any], folders: Folders) -> str | None:
     path = inputs.get("path")
     if not isinstance(path, str):
         return None
-    p = resolve_image_path(path)
+    p = resolve_image_path(path, folders.input)
     st = p.stat()
     return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -83,40 +69,16 @@ def to_pil(pixels: torch.Tensor) -> PILImage.Image:
     return PILImage.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
-_NUMBERED = re.compile(r"_(\d{5,})_\.png$")
-
-
-def numbered_path(folder: Path, prefix: str) -> tuple[Path, int]:
-    """The next free `prefix_NNNNN_.png` in `folder` (prefix may contain subfolders)."""
-    rel = Path(prefix)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"filename_prefix {prefix!r} must stay inside the output folder")
-    target = folder / rel.parent
-    target.mkdir(parents=True, exist_ok=True)
-    base = rel.name or "noodle"
-    counter = 0
-    for existing in target.glob(f"{glob_escape(base)}_*_.png"):
-        m = _NUMBERED.search(existing.name)
-        if m and existing.name[: m.start()] == base:
-            counter = max(counter, int(m.group(1)))
-    return target / base, counter + 1
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def write_png(image: PILImage.Image, stem: Path, counter: int, info: PngInfo | None,
-              compress_level: int) -> Path:
-    """Create `stem_NNNNN_.png` exclusively, moving on to the next number if taken."""
-    while True:
-        path = stem.parent / f"{stem.name}_{counter:05d}_.png"
-        try:
-            with open(path, "xb") as fh:
-                image.save(fh, format="PNG", pnginfo=info, compress_level=compress_level)
-            return path
-        except FileExistsError:
-            counter += 1
+def save_pngs(images: Image, files: NumberedFiles, info: PngInfo | None,
+              compress_level: int, kind: str) -> None:
+    """Write each image of a batch as the next numbered PNG and show it on the node."""
+    ctx = current()
+    for pixels in images.pixels:
+        picture = to_pil(pixels)
+        path = files.write(lambda fh, picture=picture: picture.save(
+            fh, format="PNG", pnginfo=info, compress_level=compress_level))
+        if ctx is not None:
+            ctx.add_file(path, kind=kind)
 
 
 class Loaded(NamedTuple):
@@ -126,11 +88,11 @@ class Loaded(NamedTuple):
 
 @node("LoadImage", category="image", fingerprint=image_fingerprint, display_name="Load Image")
 def load_image(
-    path: str = Choice(input_choices, default="", allow_other=True,
-                       tooltip="a file in the input folder, or a path"),
+    path: Annotated[str, Choice(input_choices, allow_other=True, upload="image",
+                                tooltip="a file in the input folder, or a path")] = "",
 ) -> Loaded:
     """Load an image as RGB; its alpha channel becomes the mask (1 where transparent)."""
-    with PILImage.open(resolve_image_path(path)) as raw:
+    with PILImage.open(resolve_image_path(path, folders().input)) as raw:
         img = ImageOps.exif_transpose(raw)
         rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
         if "A" in img.getbands():
@@ -142,31 +104,22 @@ def load_image(
 
 
 @node("SaveImage", category="image", output_node=True, display_name="Save Image")
-def save_image(images: Image, filename_prefix: str = Text("noodle")) -> None:
+def save_image(images: Image, filename_prefix: Annotated[str, Text()] = "noodle") -> None:
     """Save PNGs into the output folder, each carrying the workflow that made it (tEXt
     chunk "workflow"), so dropping it on the canvas brings the graph back."""
     ctx = current()
-    folder = ctx.output_dir if ctx is not None else Path("output")
     info = PngInfo()
     if ctx is not None and ctx.workflow is not None:
         info.add_text("workflow", json.dumps(ctx.workflow, ensure_ascii=False))
-    stem, counter = numbered_path(folder, filename_prefix)
-    for i in range(images.batch):
-        path = write_png(to_pil(images.pixels[i]), stem, counter + i, info, 4)
-        if ctx is not None:
-            ctx.add_file(path)
+    save_pngs(images, NumberedFiles(folders().output, filename_prefix, "_.png"), info, 4,
+              "output")
 
 
 @node("PreviewImage", category="image", output_node=True, display_name="Preview Image")
 def preview_image(images: Image) -> None:
     """Show images on the canvas without keeping them (written to the temp folder)."""
-    ctx = current()
-    folder = temp_dir()
-    stem, counter = numbered_path(folder, f"preview_{secrets.token_hex(4)}")
-    for i in range(images.batch):
-        path = write_png(to_pil(images.pixels[i]), stem, counter + i, None, 1)
-        if ctx is not None:
-            ctx.add_file(path, kind="temp")
+    files = NumberedFiles(folders().temp, f"preview_{secrets.token_hex(4)}", "_.png")
+    save_pngs(images, files, None, 1, "temp")
 
 
 @node("ImageBatch", category="image", output="images", display_name="Image Batch")
@@ -210,11 +163,12 @@ def _caption_strip(labels: list[str], cols: int, w: int, gap: int, height: int
 @node("ImageGrid", category="image", output="images", display_name="Image Grid")
 def image_grid(
     images: Image,
-    rows: int = Int(0, min=0, max=64, tooltip="0: as many as needed"),
-    cols: int = Int(0, min=0, max=64, tooltip="0: about square"),
-    gap: int = Int(0, min=0, max=64, tooltip="white pixels between cells"),
-    labels: str = Text("", multiline=True,
-                       tooltip="optional captions, one per line, for the cells in order"),
+    rows: Annotated[int, Int(min=0, max=64, tooltip="0: as many as needed")] = 0,
+    cols: Annotated[int, Int(min=0, max=64, tooltip="0: about square")] = 0,
+    gap: Annotated[int, Int(min=0, max=64, tooltip="white pixels between cells")] = 0,
+    labels: Annotated[str, Text(
+        multiline=True, tooltip="optional captions, one per line, for the cells in order")]
+    = "",
 ) -> Image:
     """Lay a batch out as one image, row by row (diffusers' `make_image_grid`); captions,
     when given, go under each cell."""
@@ -243,12 +197,15 @@ def image_grid(
     return Image(grid[None])
 
 
+ResizeSize = Annotated[int, Int(min=0, max=8192, step=8, tooltip="0: keep the aspect ratio")]
+
+
 @node("ResizeImage", category="image", output="images", display_name="Resize Image")
 def resize_image(
     images: Image,
-    width: int = Int(512, min=0, max=8192, step=8, tooltip="0: keep the aspect ratio"),
-    height: int = Int(512, min=0, max=8192, step=8, tooltip="0: keep the aspect ratio"),
-    method: str = Choice(["lanczos", "bicubic", "bilinear", "nearest"], default="lanczos"),
+    width: ResizeSize = 512,
+    height: ResizeSize = 512,
+    method: Annotated[str, Choice(["lanczos", "bicubic", "bilinear", "nearest"])] = "lanczos",
 ) -> Image:
     """Resize a batch (e.g. a photo to a multiple of 8 before VAEEncode)."""
     _, h, w, _ = images.pixels.shape

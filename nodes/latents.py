@@ -1,6 +1,7 @@
 """Starting samples and the VAE crossings: noise, encode, decode, pixels to images.
 
-Randomness follows the seeds' "one generator per image" recipe: image i of a batch draws
+Randomness follows the "one generator per image" recipe of diffusers' effective-and-efficient
+guide: image i of a batch draws
 from its own CPU generator seeded `seed + i`, so any single image can be re-made alone
 (batch 1, seed + i) and results do not depend on the device. The generators' states travel
 with the Latent, so the next node (Denoise) continues the same streams a single diffusers
@@ -9,15 +10,20 @@ pipeline call would use — img2img's VAE sample, its noise and ancestral steps 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
-from graph_runtime.nodes import Int, Seed, node
+from graph_runtime import Int, Seed, node
 from nodes.diffusion.schedulers.schedule import randn
 from nodes.previews import fit_projection
-from nodes.text import require
-from nodes.types import VAE, Image, Latent, UNet, generator_states, new_generators
+from nodes.types import VAE, Image, Latent, UNet, generator_states, new_generators, require
 
-SIZE = dict(min=0, max=8192, step=8, tooltip="0: the model's native size")
+# Widget types the latent nodes share.
+LatentSize = Annotated[int, Int(min=0, max=8192, step=8, tooltip="0: the model's native size")]
+PixelSize = Annotated[int, Int(min=0, max=8192, tooltip="0: the model's native size")]
+BatchSize = Annotated[int, Int(min=1, max=256)]
+SeedValue = Annotated[int, Seed()]
 
 
 def native_size(unet: UNet, factor: int = 1) -> int:
@@ -37,10 +43,10 @@ def _check_size(node_type: str, width: int, height: int, factor: int) -> None:
 def random_latents(
     unet: UNet,
     vae: VAE,
-    width: int = Int(0, **SIZE),
-    height: int = Int(0, **SIZE),
-    batch_size: int = Int(1, min=1, max=256),
-    seed: int = Seed(0),
+    width: LatentSize = 0,
+    height: LatentSize = 0,
+    batch_size: BatchSize = 1,
+    seed: SeedValue = 0,
 ) -> Latent:
     """Gaussian latents of shape (batch, unet.in_channels, height/f, width/f), f the VAE's
     downsampling factor; image i uses a CPU generator seeded `seed + i`. A size of 0 is the
@@ -62,10 +68,10 @@ def random_latents(
 @node("RandomNoise", category="latent", output="latents", display_name="Random Noise")
 def random_noise(
     unet: UNet,
-    width: int = Int(0, min=0, max=8192, tooltip="0: the model's native size"),
-    height: int = Int(0, min=0, max=8192, tooltip="0: the model's native size"),
-    batch_size: int = Int(1, min=1, max=256),
-    seed: int = Seed(0),
+    width: PixelSize = 0,
+    height: PixelSize = 0,
+    batch_size: BatchSize = 1,
+    seed: SeedValue = 0,
 ) -> Latent:
     """Pixel-space Gaussian noise for models without a VAE (DDPM), one generator per image
     seeded `seed + i`. A size of 0 is the model's `sample_size`."""
@@ -98,7 +104,7 @@ def vae_decode(vae: VAE, latents: Latent) -> Image:
 
 
 @node("VAEEncode", category="latent", output="latents", display_name="VAE Encode")
-def vae_encode(vae: VAE, images: Image, seed: int = Seed(0)) -> Latent:
+def vae_encode(vae: VAE, images: Image, seed: SeedValue = 0) -> Latent:
     """Images to latents: a sample of the VAE's latent distribution per image (generator
     seeded `seed + i`), times the scaling factor. The generators continue into Denoise,
     which draws img2img's noise from them."""

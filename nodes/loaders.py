@@ -1,35 +1,26 @@
 """Loader nodes: a whole pipeline, a replacement VAE, a scheduler; scheduler swapping.
 
-A `source` is a diffusers folder, a single-file checkpoint, a name under the models folder
-(`NOODLE_MODELS_DIR`, default `./models`) or a hub `org/name`. Each loader fingerprints the
-files the source resolves to (path, size, mtime), so editing weights on disk invalidates the
-cached models although the workflow did not change.
+A `source` is a diffusers folder, a single-file checkpoint, a name under the run's models
+folder (`Folders.models`, default `./models`) or a hub `org/name`. Each loader fingerprints
+the files the source resolves to (path, size, mtime), so editing weights on disk invalidates
+the cached models although the workflow did not change.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
-from graph_runtime.nodes import Choice, node
+from graph_runtime import Choice, Folders, folders, node
 from nodes.diffusion import checkpoints
-from nodes.diffusion.schedulers import SCHEDULERS
-from nodes.types import VAE, Scheduler, TextEncoder, Tokenizer, UNet
+from nodes.diffusion.schedulers import SCHEDULER_NAMES, scheduler_from_config
+from nodes.types import VAE, SchedulerSpec, TextEncoder, Tokenizer, UNet
 
 DEFAULT_MODEL = "noodle-tiny"
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
-# The schedulers the seeds list as compatible with Stable Diffusion 1.5, in their order.
-SCHEDULER_TYPES = [
-    "LMSDiscreteScheduler", "UniPCMultistepScheduler", "KDPM2DiscreteScheduler",
-    "DEISMultistepScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
-    "DDPMScheduler", "DPMSolverSinglestepScheduler", "KDPM2AncestralDiscreteScheduler",
-    "HeunDiscreteScheduler", "PNDMScheduler", "EulerAncestralDiscreteScheduler",
-    "DDIMScheduler",
-]
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 
 
@@ -38,25 +29,20 @@ COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def models_dir() -> Path:
-    return Path(os.environ.get("NOODLE_MODELS_DIR") or "models")
-
-
-def resolve(source: str) -> Path:
+def resolve(source: str, models: Path) -> Path:
     """The file or folder a source names: the models folder, a path, the embedded models,
     then the hub cache (`org/name`)."""
-    primary = models_dir()
     literal = Path(source).expanduser()
-    if (not literal.is_absolute() and not (primary / source).exists()
+    if (not literal.is_absolute() and not (models / source).exists()
             and not literal.exists() and (BUNDLED_MODELS / source).exists()):
         return BUNDLED_MODELS / source
-    return Path(checkpoints.resolve_source(source, primary))
+    return Path(checkpoints.resolve_source(source, models))
 
 
-def model_choices() -> list[str]:
-    """Names the source widget offers; re-read whenever the node schema is exported."""
+def model_choices(folders: Folders) -> list[str]:
+    """Names the source widget offers: the models folder, then the embedded models."""
     names: list[str] = []
-    for folder in (models_dir(), BUNDLED_MODELS):
+    for folder in (folders.models, BUNDLED_MODELS):
         try:
             names += [n for n in checkpoints.list_models(folder) if n not in names]
         except OSError:
@@ -70,12 +56,12 @@ def _files_of(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def source_fingerprint(inputs: Mapping[str, Any]) -> str | None:
+def source_fingerprint(inputs: Mapping[str, Any], folders: Folders) -> str | None:
     """Path, size and mtime of every file the source resolves to."""
     source = inputs.get("source")
     if not isinstance(source, str):
         return None
-    root = resolve(source)
+    root = resolve(source, folders.models)
     parts = [str(root.resolve())]
     for f in _files_of(root):
         st = f.stat()
@@ -84,7 +70,7 @@ def source_fingerprint(inputs: Mapping[str, Any]) -> str | None:
     return "|".join(parts)
 
 
-def absent_components(inputs: Mapping[str, Any]) -> dict[str, str]:
+def absent_components(inputs: Mapping[str, Any], folders: Folders) -> dict[str, str]:
     """Outputs a source does not provide, with the reason, read from `model_index.json`
     without loading anything — so validation can reject a link from them (wiring the VAE
     of an unconditional DDPM repository) before a run starts."""
@@ -92,7 +78,7 @@ def absent_components(inputs: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(source, str):
         return {}
     try:
-        root = resolve(source)
+        root = resolve(source, folders.models)
     except Exception:  # noqa: BLE001 - an unresolvable source is reported when it runs
         return {}
     index = root / "model_index.json"
@@ -116,76 +102,72 @@ class Pipeline(NamedTuple):
     text_encoder: TextEncoder
     unet: UNet
     vae: VAE
-    scheduler: Scheduler
+    scheduler: SchedulerSpec
+
+
+# Widget types the loaders share: a model source, a precision, a device.
+Source = Annotated[str, Choice(model_choices, allow_other=True, tooltip=(
+    "a diffusers folder, a .safetensors checkpoint, a name under models/, or org/name from "
+    "the hub cache"))]
+VAESource = Annotated[str, Choice(model_choices, allow_other=True, tooltip=(
+    "a VAE folder (config.json + weights), a pipeline folder (its vae/ is used), or "
+    "org/name"))]
+Dtype = Annotated[str, Choice(DTYPES, tooltip="auto: fp16 on a GPU, fp32 on the CPU")]
+Device = Annotated[str, Choice(DEVICES)]
 
 
 @node("LoadPipeline", category="loaders", fingerprint=source_fingerprint,
-      display_name="Load Pipeline")
-def load_pipeline(
-    source: str = Choice(model_choices, default=DEFAULT_MODEL, allow_other=True,
-                         tooltip="a diffusers folder, a .safetensors checkpoint, a name "
-                                 "under models/, or org/name from the hub cache"),
-    dtype: str = Choice(DTYPES, default="auto",
-                        tooltip="auto: fp16 on a GPU, fp32 on the CPU"),
-    device: str = Choice(DEVICES, default="auto"),
-) -> Pipeline:
+      absent_outputs=absent_components, display_name="Load Pipeline")
+def load_pipeline(source: Source = DEFAULT_MODEL, dtype: Dtype = "auto",
+                  device: Device = "auto") -> Pipeline:
     """Load every component of a diffusion pipeline from one source.
 
     An unconditional (DDPM) repository gives only `unet` and `scheduler`; linking one of
     its absent outputs is reported by validation.
     """
-    comp = checkpoints.load_pipeline(resolve(source), dtype=dtype, device=device,
-                                     models_dir=models_dir())
-    src = source
+    models = folders().models
+    comp = checkpoints.load_components(resolve(source, models), dtype=dtype, device=device,
+                                       models_dir=models)
     cfg = comp.scheduler_config
     return Pipeline(
-        tokenizer=Tokenizer(comp.tokenizer, src) if comp.tokenizer is not None else None,
-        text_encoder=(TextEncoder(comp.text_encoder, src)
+        tokenizer=Tokenizer(comp.tokenizer, source) if comp.tokenizer is not None else None,
+        text_encoder=(TextEncoder(comp.text_encoder, source)
                       if comp.text_encoder is not None else None),
-        unet=UNet(comp.unet, src) if comp.unet is not None else None,
-        vae=VAE(comp.vae, src) if comp.vae is not None else None,
-        scheduler=(Scheduler(cfg["_class_name"], dict(cfg), src) if cfg is not None
+        unet=UNet(comp.unet, source) if comp.unet is not None else None,
+        vae=VAE(comp.vae, source) if comp.vae is not None else None,
+        scheduler=(SchedulerSpec(cfg["_class_name"], dict(cfg), source) if cfg is not None
                    else None),
     )
 
 
-load_pipeline.__node__.extra["absent_outputs"] = absent_components
-
-
 @node("LoadVAE", category="loaders", fingerprint=source_fingerprint, output="vae",
       display_name="Load VAE")
-def load_vae(
-    source: str = Choice(model_choices, default=DEFAULT_MODEL, allow_other=True,
-                         tooltip="a VAE folder (config.json + weights), a pipeline "
-                                 "folder (its vae/ is used), or org/name"),
-    dtype: str = Choice(DTYPES, default="auto"),
-    device: str = Choice(DEVICES, default="auto"),
-) -> VAE:
+def load_vae(source: VAESource = DEFAULT_MODEL, dtype: Dtype = "auto",
+             device: Device = "auto") -> VAE:
     """Load a VAE on its own, to swap a better one into a pipeline (e.g. sd-vae-ft-mse)."""
-    model = checkpoints.load_vae(resolve(source), dtype=dtype, device=device,
-                                 models_dir=models_dir())
+    models = folders().models
+    model = checkpoints.load_vae(resolve(source, models), dtype=dtype, device=device,
+                                 models_dir=models)
     return VAE(model, source)
 
 
 @node("LoadScheduler", category="loaders", fingerprint=source_fingerprint,
       output="scheduler", display_name="Load Scheduler")
 def load_scheduler(
-    source: str = Choice(model_choices, default=DEFAULT_MODEL, allow_other=True),
-) -> Scheduler:
+    source: Annotated[str, Choice(model_choices, allow_other=True)] = DEFAULT_MODEL,
+) -> SchedulerSpec:
     """The scheduler described by a folder's `scheduler/scheduler_config.json`."""
-    cfg = checkpoints.load_scheduler_config(resolve(source), models_dir=models_dir())
-    return Scheduler(cfg["_class_name"], dict(cfg), source)
+    models = folders().models
+    cfg = checkpoints.load_scheduler_config(resolve(source, models), models_dir=models)
+    return SchedulerSpec(cfg["_class_name"], dict(cfg), source)
 
 
 @node("SwapScheduler", category="sampling", output="scheduler", display_name="Swap Scheduler")
 def swap_scheduler(
-    scheduler: Scheduler,
-    type: str = Choice(SCHEDULER_TYPES, default="EulerDiscreteScheduler"),
-) -> Scheduler:
+    scheduler: SchedulerSpec,
+    type: Annotated[str, Choice(SCHEDULER_NAMES)] = "EulerDiscreteScheduler",
+) -> SchedulerSpec:
     """Another scheduler with the same training configuration (diffusers' `from_config`):
     betas and train steps are kept, the new class's own options take their defaults."""
-    if type not in SCHEDULERS:
-        raise ValueError(f"scheduler {type!r} is not available here; "
-                         f"available: {', '.join(sorted(SCHEDULERS))}")
-    swapped = SCHEDULERS[type].from_config(scheduler.config)
-    return Scheduler(type, dict(swapped.config), scheduler.source)
+    swapped = scheduler_from_config(scheduler.config, type)
+    return SchedulerSpec(type, dict(swapped.config), scheduler.source)

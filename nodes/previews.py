@@ -101,7 +101,7 @@ def fit_projection(vae: torch.nn.Module, scaling_factor: float) -> torch.Tensor:
     return projection
 
 
-def preview_image(sample: torch.Tensor, projection: torch.Tensor | None = None,
+def step_preview(sample: torch.Tensor, projection: torch.Tensor | None = None,
                   pixel_space: bool = False) -> PILImage.Image:
     """A small PIL image of the first sample of a batch, upscaled to be visible."""
     rgb = latent_to_rgb(sample[0], projection, pixel_space)

@@ -7,45 +7,47 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
+from typing import Annotated
 
-from graph_runtime.context import current
-from graph_runtime.nodes import Bool, Choice, Float, Int, Text, node
+from graph_runtime import Bool, Choice, Float, Int, Text, current, folders, node
+from nodes.files import NumberedFiles
 
 CATEGORY = "primitives"
+_INT_OPS = ["add", "subtract", "multiply", "floor_divide", "modulo", "min", "max", "power"]
+_FLOAT_OPS = ["add", "subtract", "multiply", "divide", "min", "max", "power"]
+# Widget types of these nodes; an unbounded integer still fits a JavaScript number.
+AnyInt = Annotated[int, Int()]
+AnyFloat = Annotated[float, Float()]
+OneLine = Annotated[str, Text()]
 
 
 @node("IntConstant", category=CATEGORY, output="value", display_name="Integer")
-def int_constant(value: int = Int(0, min=-(2**53 - 1), max=2**53 - 1)) -> int:
+def int_constant(value: Annotated[int, Int(min=-(2**53 - 1), max=2**53 - 1)] = 0) -> int:
     """An integer, to wire into several inputs at once."""
     return value
 
 
 @node("FloatConstant", category=CATEGORY, output="value", display_name="Float")
-def float_constant(value: float = Float(0.0, step=0.01)) -> float:
+def float_constant(value: AnyFloat = 0.0) -> float:
     """A floating point number, to wire into several inputs at once."""
     return value
 
 
 @node("StringConstant", category=CATEGORY, output="value", display_name="String")
-def string_constant(value: str = Text("", multiline=True)) -> str:
+def string_constant(value: Annotated[str, Text(multiline=True)] = "") -> str:
     """A piece of text, e.g. one prompt shared by several encoders."""
     return value
 
 
 @node("BooleanConstant", category=CATEGORY, output="value", display_name="Boolean")
-def boolean_constant(value: bool = Bool(False)) -> bool:
+def boolean_constant(value: Annotated[bool, Bool()] = False) -> bool:
     """True or false."""
     return value
 
 
-_INT_OPS = ["add", "subtract", "multiply", "floor_divide", "modulo", "min", "max", "power"]
-_FLOAT_OPS = ["add", "subtract", "multiply", "divide", "min", "max", "power"]
-
-
 @node("IntMath", category=CATEGORY, output="value", display_name="Integer math")
-def int_math(a: int = Int(0), b: int = Int(0),
-             operation: str = Choice(_INT_OPS, default="add")) -> int:
+def int_math(a: AnyInt = 0, b: AnyInt = 0,
+             operation: Annotated[str, Choice(_INT_OPS)] = "add") -> int:
     """`a (operation) b` on integers. Division by zero is an error, not a silent 0."""
     if operation in ("floor_divide", "modulo") and b == 0:
         raise ZeroDivisionError(f"IntMath: {operation} by zero")
@@ -63,8 +65,8 @@ def int_math(a: int = Int(0), b: int = Int(0),
 
 
 @node("FloatMath", category=CATEGORY, output="value", display_name="Float math")
-def float_math(a: float = Float(0.0), b: float = Float(0.0),
-               operation: str = Choice(_FLOAT_OPS, default="add")) -> float:
+def float_math(a: AnyFloat = 0.0, b: AnyFloat = 0.0,
+               operation: Annotated[str, Choice(_FLOAT_OPS)] = "add") -> float:
     """`a (operation) b` on floats (integers may be wired in)."""
     if operation == "divide":
         if b == 0:
@@ -78,14 +80,15 @@ def float_math(a: float = Float(0.0), b: float = Float(0.0),
 
 
 @node("TextJoin", category=CATEGORY, output="text", display_name="Join text")
-def text_join(a: str = Text(""), b: str = Text(""), separator: str = Text(", ")) -> str:
+def text_join(a: OneLine = "", b: OneLine = "", separator: OneLine = ", ") -> str:
     """`a`, the separator, then `b`; an empty side is skipped with its separator, so
     optional prompt fragments join cleanly."""
     return separator.join(part for part in (a, b) if part)
 
 
 @node("NumberToText", category=CATEGORY, output="text", display_name="Number to text")
-def number_to_text(value: float = Float(0.0), decimals: int = Int(-1, min=-1, max=12)) -> str:
+def number_to_text(value: AnyFloat = 0.0,
+                   decimals: Annotated[int, Int(min=-1, max=12)] = -1) -> str:
     """Format a number; decimals -1 prints it as short as it reads back exactly
     (an integral value prints without a fraction)."""
     if decimals >= 0:
@@ -114,18 +117,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @node("SaveText", category=CATEGORY, output_node=True, display_name="Save text")
-def save_text(text: str, filename_prefix: str = Text("noodle")) -> None:
+def save_text(text: str, filename_prefix: OneLine = "noodle") -> None:
     """Write the text to `<output>/<prefix>_00001.txt`, numbering past existing files."""
     ctx = current()
-    out_dir = ctx.output_dir if ctx is not None else Path("output")
     prefix = _UNSAFE.sub("_", filename_prefix).strip("._") or "noodle"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    taken = {p.name for p in out_dir.glob(f"{prefix}_*.txt")}
-    n = 1
-    while f"{prefix}_{n:05d}.txt" in taken:
-        n += 1
-    path = out_dir / f"{prefix}_{n:05d}.txt"
-    path.write_text(text, encoding="utf-8")
+    files = NumberedFiles(folders().output, prefix, ".txt")
+    path = files.write(lambda fh: fh.write(text.encode("utf-8")))
     if ctx is not None:
         ctx.add_file(path)
         ctx.ui.setdefault("text", []).append(text)

@@ -1,4 +1,5 @@
-"""Denoise: the scheduler's loop over the UNet, as the seeds' hand-written pipeline runs it.
+"""Denoise: the scheduler's loop over the UNet, as diffusers' write-your-own-pipeline guide
+runs it by hand.
 
 Per step: duplicate the latents for classifier-free guidance (one batched UNet call on
 `[uncond, cond]`), `scale_model_input`, predict, combine with the guidance scale,
@@ -11,17 +12,15 @@ clean latents to the first of them, with noise drawn from the latents' own gener
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from graph_runtime.context import current
-from graph_runtime.nodes import Float, Int, node
+from graph_runtime import Float, Int, current, node
 from nodes.diffusion.schedulers.schedule import randn
 from nodes.guidance import combine, guidance_context, match_batch
-from nodes.previews import preview_image
-from nodes.text import require
-from nodes.types import Conditioning, Latent, Scheduler, UNet, generator_states
+from nodes.previews import step_preview
+from nodes.types import Conditioning, Latent, SchedulerSpec, UNet, generator_states, require
 
 
 def img2img_timesteps(sched: Any, steps: int, strength: float) -> tuple[torch.Tensor, int]:
@@ -68,14 +67,13 @@ def _check_inputs(unet: UNet, positive: Conditioning | None,
 @node("Denoise", category="sampling", output="latents")
 def denoise(
     unet: UNet,
-    scheduler: Scheduler,
-    positive: Conditioning | None = None,
-    *,
+    scheduler: SchedulerSpec,
+    positive: Conditioning | None,
     latents: Latent,
     negative: Conditioning | None = None,
-    steps: int = Int(20, min=1, max=1000),
-    guidance_scale: float = Float(7.5, min=0.0, max=100.0, step=0.1),
-    strength: float = Float(1.0, min=0.0, max=1.0, step=0.01),
+    steps: Annotated[int, Int(min=1, max=1000)] = 20,
+    guidance_scale: Annotated[float, Float(min=0.0, max=100.0, step=0.1)] = 7.5,
+    strength: Annotated[float, Float(min=0.0, max=1.0, step=0.01)] = 1.0,
 ) -> Latent:
     """Run the denoising loop. Without `negative`, the empty prompt is the unconditional
     input; `guidance_scale` <= 1 disables guidance (one UNet evaluation per step).
@@ -127,7 +125,7 @@ def denoise(
             if marks[i]:
                 shown = getattr(out, "pred_original_sample", None)
                 shown = x if shown is None else shown
-                ctx.progress(marks[i], n_steps, preview_image(shown, projection, pixel_space))
+                ctx.progress(marks[i], n_steps, step_preview(shown, projection, pixel_space))
             else:
                 ctx.check_interrupt()
     return Latent(x, latents.seeds, generator_states(gens), noise=False,

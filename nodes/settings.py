@@ -7,9 +7,10 @@ keep their own settings. Precision (fp16 / bf16) is LoadPipeline's `dtype` widge
 
 from __future__ import annotations
 
-from graph_runtime.nodes import Bool, Choice, node
-from nodes.text import require
-from nodes.types import VAE, UNet
+from typing import Annotated
+
+from graph_runtime import Bool, Choice, node
+from nodes.types import VAE, UNet, require
 
 SLICES = ["auto", "max", "off", "1", "2", "4", "8"]
 
@@ -18,8 +19,8 @@ SLICES = ["auto", "max", "off", "1", "2", "4", "8"]
       display_name="Attention Slicing")
 def attention_slicing(
     unet: UNet,
-    slice_size: str = Choice(SLICES, default="auto",
-                             tooltip="auto: half the heads at a time; max: one at a time"),
+    slice_size: Annotated[str, Choice(
+        SLICES, tooltip="auto: half the heads at a time; max: one at a time")] = "auto",
 ) -> UNet:
     """Compute attention in slices to cap peak memory (larger batches fit; a bit slower)."""
     require(unet, "AttentionSlicing", "unet")
@@ -36,8 +37,10 @@ def attention_slicing(
 @node("VAEOptions", category="settings", output="vae", display_name="VAE Options")
 def vae_options(
     vae: VAE,
-    tiling: bool = Bool(True, tooltip="decode/encode in overlapping tiles (large images)"),
-    slicing: bool = Bool(False, tooltip="decode/encode one image of a batch at a time"),
+    tiling: Annotated[bool, Bool(tooltip="decode/encode in overlapping tiles (large images)")]
+    = True,
+    slicing: Annotated[bool, Bool(tooltip="decode/encode one image of a batch at a time")]
+    = False,
 ) -> VAE:
     """VAE tiling and slicing: bound the VAE's memory by image size and by batch size."""
     require(vae, "VAEOptions", "vae")

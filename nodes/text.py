@@ -1,19 +1,23 @@
 """Text nodes: tokenize prompts, encode them, or both in one step.
 
 A prompt widget holds one prompt; with `batch` set, every non-empty line is its own prompt
-and the result is a batch (the seeds' prompt lists). Alongside the prompts, the empty
-prompt is tokenized and encoded the same way: that is the unconditional input classifier-
-free guidance uses when no negative conditioning is wired, exactly as diffusers does.
+and the result is a batch (the prompt lists of diffusers' write-your-own-pipeline guide).
+Alongside the prompts, the empty prompt is tokenized and encoded the same way: that is the
+unconditional input classifier-free guidance uses when no negative conditioning is wired,
+exactly as diffusers does.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
-from graph_runtime.nodes import Bool, Text, node
-from nodes.types import Conditioning, TextEncoder, Tokenizer, Tokens
+from graph_runtime import Bool, Text, node
+from nodes.types import Conditioning, TextEncoder, Tokenizer, Tokens, require
 
-BATCH_TOOLTIP = "one prompt per line: the lines become a batch of prompts"
+Prompt = Annotated[str, Text(multiline=True)]
+Batch = Annotated[bool, Bool(tooltip="one prompt per line: the lines become a batch of prompts")]
 
 
 def split_prompts(text: str, batch: bool) -> list[str]:
@@ -24,15 +28,8 @@ def split_prompts(text: str, batch: bool) -> list[str]:
     return lines or [""]
 
 
-def require(value: object, node_type: str, name: str) -> None:
-    """A clear error for a component the loaded pipeline does not have."""
-    if value is None:
-        raise ValueError(f"{node_type}: input {name!r} received nothing; the pipeline it "
-                         f"is linked from has no {name}")
-
-
 def tokenize_prompts(tokenizer: Tokenizer, prompts: list[str]) -> Tokens:
-    """Pad to `model_max_length` (77 for CLIP) and truncate, as the seeds' pipeline does;
+    """Pad to `model_max_length` (77 for CLIP) and truncate, as diffusers' guide does;
     the empty prompt is padded to the same length."""
     tok = tokenizer.tokenizer
     enc = tok(prompts, padding="max_length", max_length=tok.model_max_length,
@@ -61,11 +58,7 @@ def encode_tokens(text_encoder: TextEncoder, tokens: Tokens) -> Conditioning:
 
 
 @node("Tokenize", category="conditioning", output="tokens")
-def tokenize(
-    tokenizer: Tokenizer,
-    text: str = Text("", multiline=True),
-    batch: bool = Bool(False, tooltip=BATCH_TOOLTIP),
-) -> Tokens:
+def tokenize(tokenizer: Tokenizer, text: Prompt = "", batch: Batch = False) -> Tokens:
     """Turn a prompt into CLIP token ids, padded to the model's maximum length (77)."""
     require(tokenizer, "Tokenize", "tokenizer")
     return tokenize_prompts(tokenizer, split_prompts(text, batch))
@@ -80,12 +73,8 @@ def encode_text(text_encoder: TextEncoder, tokens: Tokens) -> Conditioning:
 
 @node("TextToConditioning", category="conditioning", output="conditioning",
       display_name="Text to Conditioning")
-def text_to_conditioning(
-    tokenizer: Tokenizer,
-    text_encoder: TextEncoder,
-    text: str = Text("", multiline=True),
-    batch: bool = Bool(False, tooltip=BATCH_TOOLTIP),
-) -> Conditioning:
+def text_to_conditioning(tokenizer: Tokenizer, text_encoder: TextEncoder, text: Prompt = "",
+                         batch: Batch = False) -> Conditioning:
     """Tokenize and encode a prompt in one node (ComfyUI's CLIPTextEncode)."""
     require(tokenizer, "TextToConditioning", "tokenizer")
     require(text_encoder, "TextToConditioning", "text_encoder")

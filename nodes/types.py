@@ -1,5 +1,8 @@
 """Socket value classes: what travels along the wires between pipeline nodes.
 
+Each class registers its socket type (name and canvas colour) with `@socket_type`, so the
+engine and the canvas learn the diffusion types from here and hold no list of their own.
+
 Values are immutable by convention: the executor caches every output and hands the same
 object to any later run, so a node never changes a value it received. Model wrappers hold
 the shared `nn.Module` plus per-wire options (attention slicing, VAE tiling); the options
@@ -15,28 +18,30 @@ from typing import Any
 
 import torch
 
+from graph_runtime import socket_type
 from nodes.diffusion.schedulers import scheduler_from_config
 from nodes.diffusion.unet import UNet2DConditionModel
 
 
+@socket_type("TOKENIZER", color="#d08770")
 @dataclass(frozen=True, eq=False)
 class Tokenizer:
     """A CLIP tokenizer (transformers). Carries no tensors, so the cache counts it as free."""
 
-    __socket__ = "TOKENIZER"
     tokenizer: Any
     source: str = ""
 
 
+@socket_type("TEXT_ENCODER", color="#ebcb8b")
 @dataclass(frozen=True, eq=False)
 class TextEncoder:
     """A CLIP text model; counted in the cache by its parameter bytes."""
 
-    __socket__ = "TEXT_ENCODER"
     model: torch.nn.Module
     source: str = ""
 
 
+@socket_type("UNET", color="#b48ead")
 @dataclass(frozen=True, eq=False)
 class UNet:
     """A denoising UNet (`UNet2DConditionModel`, or `UNet2DModel` for pixel-space DDPM).
@@ -44,7 +49,6 @@ class UNet:
     `attention_slice` is applied with `set_attention_slice` each time the UNet runs.
     """
 
-    __socket__ = "UNET"
     model: torch.nn.Module
     source: str = ""
     attention_slice: str | int | None = None
@@ -65,11 +69,11 @@ class UNet:
         return replace(self, **changes)
 
 
+@socket_type("VAE", color="#ef6f6c")
 @dataclass(frozen=True, eq=False)
 class VAE:
     """An `AutoencoderKL`; `tiling` / `slicing` are applied before each encode or decode."""
 
-    __socket__ = "VAE"
     model: torch.nn.Module
     source: str = ""
     tiling: bool = False
@@ -94,15 +98,15 @@ class VAE:
         return replace(self, **changes)
 
 
+@socket_type("SCHEDULER", color="#5fb3b3")
 @dataclass(frozen=True, eq=False)
-class Scheduler:
+class SchedulerSpec:
     """A scheduler *description* (class name + config), not a scheduler object.
 
     Solvers keep state between steps (multistep history, step index), so a cached object
     would carry one run's state into the next. `build()` makes a fresh one for every run.
     """
 
-    __socket__ = "SCHEDULER"
     class_name: str
     config: dict[str, Any]
     source: str = ""
@@ -111,6 +115,7 @@ class Scheduler:
         return scheduler_from_config(self.config, self.class_name)
 
 
+@socket_type("TOKENS", color="#a3be8c")
 @dataclass(frozen=True, eq=False)
 class Tokens:
     """Token ids of a batch of prompts, plus the empty prompt tokenized the same way.
@@ -119,7 +124,6 @@ class Tokens:
     that classifier-free guidance falls back to when no negative prompt is wired.
     """
 
-    __socket__ = "TOKENS"
     input_ids: torch.Tensor  # [N, L] int64
     attention_mask: torch.Tensor  # [N, L]
     uncond_ids: torch.Tensor  # [1, L]
@@ -127,11 +131,11 @@ class Tokens:
     prompts: tuple[str, ...] = ()
 
 
+@socket_type("CONDITIONING", color="#f0a35e")
 @dataclass(frozen=True, eq=False)
 class Conditioning:
     """Text embeddings `[N, L, D]` of N prompts and the empty prompt's embedding `[1, L, D]`."""
 
-    __socket__ = "CONDITIONING"
     embeds: torch.Tensor
     uncond: torch.Tensor | None = None
     prompts: tuple[str, ...] = ()
@@ -139,6 +143,14 @@ class Conditioning:
     @property
     def batch(self) -> int:
         return int(self.embeds.shape[0])
+
+
+def require(value: object, node_type: str, name: str) -> None:
+    """A clear error for a component the loaded pipeline does not have (a DDPM repository
+    has no text encoder or VAE, so its loader leaves those outputs empty)."""
+    if value is None:
+        raise ValueError(f"{node_type}: input {name!r} received nothing; the pipeline it "
+                         f"is linked from has no {name}")
 
 
 def new_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -159,6 +171,7 @@ def generator_states(gens: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...
     return tuple(g.get_state() for g in gens)
 
 
+@socket_type("LATENT", color="#f48fb1")
 @dataclass(frozen=True, eq=False)
 class Latent:
     """A batch of samples (latents, or pixels for pixel-space models) and their seeds.
@@ -170,7 +183,6 @@ class Latent:
     next node continues the same streams a single diffusers call would have used.
     """
 
-    __socket__ = "LATENT"
     samples: torch.Tensor
     seeds: tuple[int, ...] = ()
     generator_states: tuple[torch.Tensor, ...] | None = None
@@ -200,11 +212,11 @@ class Latent:
                        generator_states=states)
 
 
+@socket_type("IMAGE", color="#64b5f6")
 @dataclass(frozen=True, eq=False)
 class Image:
     """Images as ComfyUI has them: float32 `[B, H, W, C]` in 0..1, on the CPU."""
 
-    __socket__ = "IMAGE"
     pixels: torch.Tensor
 
     @property
@@ -212,9 +224,9 @@ class Image:
         return int(self.pixels.shape[0])
 
 
+@socket_type("MASK", color="#4db6ac")
 @dataclass(frozen=True, eq=False)
 class Mask:
     """Masks `[B, H, W]` in 0..1; 1 marks the area to change (ComfyUI's convention)."""
 
-    __socket__ = "MASK"
     mask: torch.Tensor

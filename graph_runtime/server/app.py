@@ -5,7 +5,7 @@ message}]}` with a 4xx status, the same shape validation uses):
 
     GET    /                       the canvas (web/index.html; static files under /js /css /lib)
     GET    /api/nodes              every node's schema, by type name
-    GET    /api/models             {"models": [...]}: what LoadPipeline can load by name
+    GET    /api/types              every socket type: colour and the types it accepts
     POST   /api/prompt             {workflow, client_id} -> {prompt_id, number} | 400 {errors}
     GET    /api/queue              {running: [...], pending: [...]}
     DELETE /api/queue/{id}         drop a pending prompt, or interrupt it if it is running
@@ -17,186 +17,154 @@ message}]}` with a 4xx status, the same shape validation uses):
     GET    /api/workflows/{name}   PUT (save to the user folder), DELETE (user folder only)
     GET    /ws?client_id=          events, see `hub` and `prompt_queue`
 
-The node library is never imported here: the registry arrives already filled, and the
-model list is read from the registry's `LoadPipeline.source` choice (or the models folder).
+The node library is never imported here: the executor arrives with its registry filled,
+and with the folders every route and every run uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
-from graph_runtime.nodes import Registry
 from graph_runtime.server.files import MAX_UPLOAD_BYTES, upload_handler, view_handler
 from graph_runtime.server.hub import Hub
 from graph_runtime.server.prompt_queue import PromptQueue
+from graph_runtime.server.responses import dumps, error_response, errors_response
 from graph_runtime.server.security import is_loopback_bind, security_middleware
 from graph_runtime.server.workflows import WorkflowStore
 from graph_runtime.workflow import WorkflowFormatError, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = REPO_ROOT / "web"
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str)
-
-
 HUB_KEY = web.AppKey("hub", Hub)
 QUEUE_KEY = web.AppKey("queue", PromptQueue)
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"errors": [{"node": None, "input": None, "code": code,
-                                          "message": message}], **extra}, status=status)
+class Api:
+    """The REST handlers over one executor, its prompt queue and its websocket hub."""
 
+    def __init__(self, executor: Executor, queue: PromptQueue, hub: Hub, web_dir: Path) -> None:
+        self.executor, self.queue, self.hub, self.web_dir = executor, queue, hub, web_dir
+        self.registry = executor.registry
 
-def models_from_registry(registry: Registry, models_dir: Path | None
-                         ) -> Callable[[], list[str]]:
-    """What `/api/models` lists: the options of `LoadPipeline`'s `source` choice when the
-    node library offers them, else the model folders and checkpoint files in `models_dir`."""
-
-    def lister() -> list[str]:
-        definition = registry.get("LoadPipeline")
-        spec = definition.inputs.get("source") if definition is not None else None
-        options = getattr(spec.widget, "current_options", None) if spec is not None else None
-        if callable(options):
-            return list(options())
-        if models_dir is None or not models_dir.is_dir():
-            return []
-        names = []
-        for p in sorted(models_dir.iterdir()):
-            if p.name.startswith("."):
-                continue
-            if p.is_dir() or p.suffix.lower() in MODEL_SUFFIXES:
-                names.append(p.name)
-        return names
-
-    return lister
-
-
-def create_app(registry: Registry, executor: Executor, *, output_dir: Path | str,
-               input_dir: Path | str, temp_dir: Path | str, user_dir: Path | str,
-               workflows_dir: Path | str | None, models_dir: Path | str | None,
-               models_lister: Callable[[], list[str]] | None = None,
-               bind_host: str = "127.0.0.1", web_dir: Path | str = WEB_DIR,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES) -> web.Application:
-    """Build the application. `bind_host` decides the DNS-rebinding guard: on a loopback
-    address only loopback `Host` headers are answered."""
-    output_dir, input_dir, temp_dir = Path(output_dir), Path(input_dir), Path(temp_dir)
-    web_dir = Path(web_dir)
-    for folder in (output_dir, input_dir, temp_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    app = web.Application(middlewares=[security_middleware(is_loopback_bind(bind_host))],
-                          client_max_size=max_upload_bytes + 2**20)
-    hub = Hub()
-    queue = PromptQueue(executor, output_dir, hub.publish_threadsafe)
-    hub.greeting = queue.status
-    app[HUB_KEY] = hub
-    app[QUEUE_KEY] = queue
-    list_models = models_lister or models_from_registry(
-        registry, Path(models_dir) if models_dir is not None else None)
-    store = WorkflowStore(Path(user_dir) / "workflows",
-                          Path(workflows_dir) if workflows_dir is not None else None)
-
-    async def index(request: web.Request) -> web.StreamResponse:
-        response = web.FileResponse(web_dir / "index.html")
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        response = web.FileResponse(self.web_dir / "index.html")
         response.content_type = "text/html"
         response.headers["Cache-Control"] = "no-cache"
         return response
 
-    async def nodes(request: web.Request) -> web.Response:
-        return web.json_response(registry.schemas())
+    async def nodes(self, request: web.Request) -> web.Response:
+        # Choices listed from folders read the disk: off the event loop.
+        schemas = await asyncio.get_running_loop().run_in_executor(
+            None, self.registry.schemas, self.executor.folders)
+        return web.json_response(schemas)
 
-    async def models(request: web.Request) -> web.Response:
-        names = await asyncio.get_running_loop().run_in_executor(None, list_models)
-        return web.json_response({"models": names})
+    async def types(self, request: web.Request) -> web.Response:
+        return web.json_response(self.registry.type_schemas())
 
-    async def prompt(request: web.Request) -> web.Response:
+    async def prompt(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
         except ValueError as exc:
-            return _error(400, "invalid_json", f"the request body is not JSON: {exc}")
+            return error_response(400, "invalid_json", f"the request body is not JSON: {exc}")
         if not isinstance(body, dict) or "workflow" not in body:
-            return _error(400, "invalid_request", "expected {\"workflow\": ..., "
-                          "\"client_id\": ...}")
+            return error_response(400, "invalid_request",
+                                  "expected {\"workflow\": ..., \"client_id\": ...}")
         client_id = body.get("client_id")
         if client_id is not None and not isinstance(client_id, str):
-            return _error(400, "invalid_request", "client_id must be a string")
+            return error_response(400, "invalid_request", "client_id must be a string")
         try:
             wf = from_dict(body["workflow"])
         except WorkflowFormatError as exc:
-            return web.json_response({"errors": [{"node": None, "input": None,
-                                                  "code": "invalid_format",
-                                                  "message": str(exc)}]}, status=400)
-        errors = validate(wf, registry)
+            return error_response(400, "invalid_format", str(exc))
+        errors = validate(wf, self.registry, folders=self.executor.folders)
         if errors:
-            return web.json_response({"errors": errors}, status=400)
-        item = queue.put(wf.copy(), client_id or None)
+            return errors_response(errors)
+        item = self.queue.put(wf.copy(), client_id or None)
         return web.json_response({"prompt_id": item.prompt_id, "number": item.number})
 
-    async def get_queue(request: web.Request) -> web.Response:
-        return web.json_response(queue.snapshot())
+    async def get_queue(self, request: web.Request) -> web.Response:
+        return web.json_response(self.queue.snapshot())
 
-    async def delete_queue(request: web.Request) -> web.Response:
+    async def delete_queue(self, request: web.Request) -> web.Response:
         pid = request.match_info["prompt_id"]
-        outcome = queue.delete(pid)
+        outcome = self.queue.delete(pid)
         if outcome is None:
-            return _error(404, "not_found", f"no queued prompt {pid!r}")
+            return error_response(404, "not_found", f"no queued prompt {pid!r}")
         return web.json_response({"prompt_id": pid, "result": outcome})
 
-    async def interrupt(request: web.Request) -> web.Response:
-        return web.json_response({"interrupted": queue.interrupt()})
+    async def interrupt(self, request: web.Request) -> web.Response:
+        return web.json_response({"interrupted": self.queue.interrupt()})
 
-    async def history(request: web.Request) -> web.Response:
-        return web.json_response(queue.history(), dumps=_dumps)
+    async def history(self, request: web.Request) -> web.Response:
+        return web.json_response(self.queue.history(), dumps=dumps)
 
-    async def history_one(request: web.Request) -> web.Response:
-        entry = queue.history_entry(request.match_info["prompt_id"])
+    async def history_one(self, request: web.Request) -> web.Response:
+        entry = self.queue.history_entry(request.match_info["prompt_id"])
         if entry is None:
-            return _error(404, "not_found", "no such prompt in the history")
-        return web.json_response(entry, dumps=_dumps)
+            return error_response(404, "not_found", "no such prompt in the history")
+        return web.json_response(entry, dumps=dumps)
 
-    async def on_startup(app: web.Application) -> None:
-        hub.bind(asyncio.get_running_loop())
-        queue.start()
+    # ------------------------------------------------------------------ lifecycle
+    async def on_startup(self, app: web.Application) -> None:
+        self.hub.bind(asyncio.get_running_loop())
+        self.queue.start()
 
-    async def on_shutdown(app: web.Application) -> None:
-        await hub.close_all()
+    async def on_shutdown(self, app: web.Application) -> None:
+        await self.hub.close_all()
 
-    async def on_cleanup(app: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, queue.stop)
+    async def on_cleanup(self, app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.queue.stop)
 
-    app.on_startup.append(on_startup)
-    app.on_shutdown.append(on_shutdown)
-    app.on_cleanup.append(on_cleanup)
+    def install(self, app: web.Application) -> None:
+        app.on_startup.append(self.on_startup)
+        app.on_shutdown.append(self.on_shutdown)
+        app.on_cleanup.append(self.on_cleanup)
+        r = app.router
+        r.add_get("/", self.index)
+        r.add_get("/api/nodes", self.nodes)
+        r.add_get("/api/types", self.types)
+        r.add_post("/api/prompt", self.prompt)
+        r.add_get("/api/queue", self.get_queue)
+        r.add_delete("/api/queue/{prompt_id}", self.delete_queue)
+        r.add_post("/api/interrupt", self.interrupt)
+        r.add_get("/api/history", self.history)
+        r.add_get("/api/history/{prompt_id}", self.history_one)
+        r.add_get("/ws", self.hub.handle)
+        for sub in ("js", "css", "lib"):
+            if (self.web_dir / sub).is_dir():
+                r.add_static(f"/{sub}/", self.web_dir / sub, append_version=False)
 
+
+def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
+               bind_host: str = "127.0.0.1", web_dir: Path | str = WEB_DIR,
+               max_upload_bytes: int = MAX_UPLOAD_BYTES) -> web.Application:
+    """Build the application around `executor`, whose folders it serves and fills.
+    `bind_host` decides the DNS-rebinding guard: on a loopback address only loopback
+    `Host` headers are answered. `workflows_dir` holds the shipped, read-only workflows."""
+    folders = executor.folders
+    for folder in (folders.output, folders.input, folders.temp):
+        folder.mkdir(parents=True, exist_ok=True)
+    app = web.Application(middlewares=[security_middleware(is_loopback_bind(bind_host))],
+                          client_max_size=max_upload_bytes + 2**20)
+    hub = Hub()
+    queue = PromptQueue(executor, hub.publish_threadsafe)
+    hub.greeting = queue.status
+    app[HUB_KEY] = hub
+    app[QUEUE_KEY] = queue
+    Api(executor, queue, hub, Path(web_dir)).install(app)
+    store = WorkflowStore(folders.user / "workflows",
+                          Path(workflows_dir) if workflows_dir is not None else None)
     r = app.router
-    r.add_get("/", index)
-    r.add_get("/api/nodes", nodes)
-    r.add_get("/api/models", models)
-    r.add_post("/api/prompt", prompt)
-    r.add_get("/api/queue", get_queue)
-    r.add_delete("/api/queue/{prompt_id}", delete_queue)
-    r.add_post("/api/interrupt", interrupt)
-    r.add_get("/api/history", history)
-    r.add_get("/api/history/{prompt_id}", history_one)
-    r.add_get("/api/view", view_handler({"output": output_dir, "input": input_dir,
-                                         "temp": temp_dir}))
-    r.add_post("/api/upload/image", upload_handler(input_dir, max_upload_bytes))
+    r.add_get("/api/view", view_handler({"output": folders.output, "input": folders.input,
+                                         "temp": folders.temp}))
+    r.add_post("/api/upload/image", upload_handler(folders.input, max_upload_bytes))
     r.add_get("/api/workflows", store.list)
     r.add_get("/api/workflows/{name}", store.get)
     r.add_put("/api/workflows/{name}", store.put)
     r.add_delete("/api/workflows/{name}", store.delete)
-    r.add_get("/ws", hub.handle)
-    for sub in ("js", "css", "lib"):
-        if (web_dir / sub).is_dir():
-            r.add_static(f"/{sub}/", web_dir / sub, append_version=False)
     return app

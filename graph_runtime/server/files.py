@@ -24,6 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from graph_runtime.server.responses import error_response
+
 INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                 ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp"}
 UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
@@ -71,10 +73,6 @@ def safe_join(base: Path, subfolder: str, filename: str) -> Path:
     return resolved
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"errors": [{"node": None, "input": None, "code": code,
-                                          "message": message}]}, status=status)
-
 
 def view_handler(folders: dict[str, Path]):  # type: ignore[no-untyped-def]
     """`GET /api/view?filename=&type=output|input|temp&subfolder=`."""
@@ -82,14 +80,14 @@ def view_handler(folders: dict[str, Path]):  # type: ignore[no-untyped-def]
     async def view(request: web.Request) -> web.StreamResponse:
         kind = request.query.get("type", "output")
         if kind not in folders:
-            return _error(400, "invalid_type", f"type must be one of {sorted(folders)}")
+            return error_response(400, "invalid_type", f"type must be one of {sorted(folders)}")
         try:
             path = safe_join(folders[kind], request.query.get("subfolder", ""),
                              request.query.get("filename", ""))
         except UnsafePath as exc:
-            return _error(400, "unsafe_path", str(exc))
+            return error_response(400, "unsafe_path", str(exc))
         except (FileNotFoundError, OSError):
-            return _error(404, "not_found", "no such file")
+            return error_response(404, "not_found", "no such file")
         response = web.FileResponse(path)
         inline = INLINE_TYPES.get(path.suffix.lower())
         if inline is not None:
@@ -133,7 +131,7 @@ def upload_handler(input_dir: Path, max_bytes: int = MAX_UPLOAD_BYTES,
 
     async def upload(request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/"):
-            return _error(400, "invalid_request", "expected multipart/form-data")
+            return error_response(400, "invalid_request", "expected multipart/form-data")
         try:
             reader = await request.multipart()
             data: bytes | None = None
@@ -144,18 +142,18 @@ def upload_handler(input_dir: Path, max_bytes: int = MAX_UPLOAD_BYTES,
                 while chunk := await part.read_chunk(64 * 1024):  # type: ignore[union-attr]
                     buf.extend(chunk)
                     if len(buf) > max_bytes:
-                        return _error(413, "too_large",
+                        return error_response(413, "too_large",
                                       f"uploads are limited to {max_bytes} bytes")
                 data = bytes(buf)
                 break
         except (ValueError, web.HTTPException) as exc:
-            return _error(400, "invalid_request", f"malformed upload: {exc}")
+            return error_response(400, "invalid_request", f"malformed upload: {exc}")
         if not data:
-            return _error(400, "invalid_request", "no 'image' file in the upload")
+            return error_response(400, "invalid_request", "no 'image' file in the upload")
         try:
             ext = check_image(data, max_pixels)
         except ValueError as exc:
-            return _error(400, "invalid_image", str(exc))
+            return error_response(400, "invalid_image", str(exc))
         name = hashlib.sha256(data).hexdigest()[:32] + ext
         input_dir.mkdir(parents=True, exist_ok=True)
         target = input_dir / name

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from graph_runtime.server.responses import dumps
+
 Message = dict[str, Any]
-_dumps = functools.partial(json.dumps, default=str)
 OUTBOX_LIMIT = 1000  # messages a stalled client may fall behind before being dropped
 
 
@@ -36,10 +35,6 @@ class Hub:
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-
-    @property
-    def client_count(self) -> int:
-        return sum(len(boxes) for boxes in self._clients.values())
 
     def publish(self, message: Message, client_id: str | None = None) -> None:
         """Deliver to `client_id`'s sockets, or to everybody when it is None. Loop thread."""
@@ -95,7 +90,7 @@ class Hub:
             if message is None or ws.closed:
                 return
             try:
-                await ws.send_json(message, dumps=_dumps)
+                await ws.send_json(message, dumps=dumps)
             except (ConnectionError, RuntimeError):
                 return
 

@@ -21,9 +21,9 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from graph_runtime.context import file_ref
 from graph_runtime.executor import Executor, WorkflowInvalid
 from graph_runtime.workflow import Workflow
 
@@ -63,24 +63,12 @@ def encode_preview(image: Any) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def file_ref(path: str, output_dir: Path) -> dict[str, str]:
-    """An absolute output path as the `{filename, subfolder, type}` that `/api/view` takes."""
-    p = Path(path)
-    try:
-        rel = p.resolve().relative_to(output_dir.resolve())
-    except ValueError:
-        return {"filename": p.name, "subfolder": "", "type": "output"}
-    parent = "" if str(rel.parent) == "." else rel.parent.as_posix()
-    return {"filename": rel.name, "subfolder": parent, "type": "output"}
-
-
 class PromptQueue:
     """Pending prompts, the running one, the history, and the worker thread."""
 
-    def __init__(self, executor: Executor, output_dir: Path, publish: Publish,
+    def __init__(self, executor: Executor, publish: Publish,
                  history_limit: int = HISTORY_LIMIT) -> None:
         self.executor = executor
-        self.output_dir = Path(output_dir)
         self.publish = publish
         self.history_limit = history_limit
         self._pending: deque[QueueItem] = deque()
@@ -231,7 +219,7 @@ class PromptQueue:
 
         try:
             result = self.executor.run(item.workflow, on_event=on_event,
-                                       interrupt=item.interrupt, output_dir=self.output_dir)
+                                       interrupt=item.interrupt)
         except WorkflowInvalid as exc:
             # Valid when queued, invalid now (e.g. a model file was removed meanwhile).
             entry = self._entry(item, "invalid")
@@ -245,9 +233,12 @@ class PromptQueue:
         status = "success" if result.ok else ("interrupted" if result.interrupted else "error")
         entry = self._entry(item, status)
         entry.update(outputs=result.ui, executed=result.executed, cached=result.cached,
-                     files=[file_ref(f, self.output_dir) for f in result.files],
+                     files=self._file_refs(result.files),
                      error=result.error, seconds=result.seconds)
         return entry
+
+    def _file_refs(self, files: list[str]) -> list[dict[str, str]]:
+        return [file_ref(f, self.executor.folders.output) for f in files]
 
     def translate(self, event: dict[str, Any], prompt_id: str) -> dict[str, Any] | None:
         """An executor event as the websocket message the canvas reads (None: not sent)."""
@@ -262,6 +253,6 @@ class PromptQueue:
             data["preview"] = encode_preview(event.get("preview"))
             return {"type": "progress", "data": data}
         if kind == "run_finished":
-            data["files"] = [file_ref(f, self.output_dir) for f in event.get("files", [])]
+            data["files"] = self._file_refs(event.get("files", []))
             return {"type": "finished", "data": data}
         return {"type": kind, "data": data}

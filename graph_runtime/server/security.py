@@ -21,6 +21,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from graph_runtime.server.responses import error_response
+
+
+def refuse(reason: str) -> web.Response:
+    return error_response(403, "forbidden", reason)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -54,11 +61,6 @@ def is_loopback_bind(bind_host: str) -> bool:
     return is_loopback_name(split_host(bind_host) if bind_host else "127.0.0.1")
 
 
-def _refuse(reason: str) -> web.Response:
-    return web.json_response({"errors": [{"node": None, "input": None, "code": "forbidden",
-                                          "message": reason}]}, status=403)
-
-
 def security_middleware(loopback_only: bool) -> Callable[[web.Request, Handler],
                                                           Awaitable[web.StreamResponse]]:
     """The guard as an aiohttp middleware; `loopback_only` when bound to a loopback address."""
@@ -67,15 +69,15 @@ def security_middleware(loopback_only: bool) -> Callable[[web.Request, Handler],
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         host_header = request.headers.get("Host", "")
         if loopback_only and not is_loopback_name(split_host(host_header)):
-            return _refuse("this server only answers requests addressed to localhost")
+            return refuse("this server only answers requests addressed to localhost")
         is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
         if request.method not in SAFE_METHODS or is_ws:
             origin = request.headers.get("Origin")
             if origin is not None and origin.lower() != f"http://{host_header.lower()}" \
                     and origin.lower() != f"https://{host_header.lower()}":
-                return _refuse(f"cross-origin request from {origin!r} refused")
+                return refuse(f"cross-origin request from {origin!r} refused")
             if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
-                return _refuse("cross-site request refused")
+                return refuse("cross-site request refused")
         try:
             response = await handler(request)
         except web.HTTPException as exc:

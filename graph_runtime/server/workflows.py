@@ -17,15 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from graph_runtime.server.responses import error_response
 from graph_runtime.workflow import WorkflowFormatError, from_dict
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$")
 MAX_WORKFLOW_BYTES = 8 * 2**20
 
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"errors": [{"node": None, "input": None, "code": code,
-                                          "message": message}]}, status=status)
 
 
 def clean_name(raw: str) -> str | None:
@@ -69,7 +66,7 @@ class WorkflowStore:
     async def get(self, request: web.Request) -> web.StreamResponse:
         name = clean_name(request.match_info["name"])
         if name is None:
-            return _error(400, "invalid_name", "invalid workflow name")
+            return error_response(400, "invalid_name", "invalid workflow name")
         source = request.query.get("source")
         candidates: list[Path] = []
         if source in (None, "user"):
@@ -81,25 +78,25 @@ class WorkflowStore:
                 try:
                     data = json.loads(path.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as exc:
-                    return _error(500, "unreadable", f"{name}: {exc}")
+                    return error_response(500, "unreadable", f"{name}: {exc}")
                 return web.json_response(data)
-        return _error(404, "not_found", f"no workflow named {name!r}")
+        return error_response(404, "not_found", f"no workflow named {name!r}")
 
     async def put(self, request: web.Request) -> web.Response:
         name = clean_name(request.match_info["name"])
         if name is None:
-            return _error(400, "invalid_name", "invalid workflow name (letters, digits, "
+            return error_response(400, "invalid_name", "invalid workflow name (letters, digits, "
                           "space, '_', '-', '.'; at most 100 characters)")
         if request.content_length is not None and request.content_length > MAX_WORKFLOW_BYTES:
-            return _error(413, "too_large", "workflow too large")
+            return error_response(413, "too_large", "workflow too large")
         try:
             data = await request.json()
         except ValueError as exc:
-            return _error(400, "invalid_json", f"not valid JSON: {exc}")
+            return error_response(400, "invalid_json", f"not valid JSON: {exc}")
         try:
             from_dict(data)
         except WorkflowFormatError as exc:
-            return _error(400, "invalid_format", str(exc))
+            return error_response(400, "invalid_format", str(exc))
         self.user_dir.mkdir(parents=True, exist_ok=True)
         target = self.user_dir / f"{name}.json"
         tmp = self.user_dir / f".{name}.json.part"
@@ -110,11 +107,11 @@ class WorkflowStore:
     async def delete(self, request: web.Request) -> web.Response:
         name = clean_name(request.match_info["name"])
         if name is None:
-            return _error(400, "invalid_name", "invalid workflow name")
+            return error_response(400, "invalid_name", "invalid workflow name")
         target = self.user_dir / f"{name}.json"
         if target.is_file():
             target.unlink()
             return web.json_response({"deleted": name})
         if self.shipped_dir is not None and (self.shipped_dir / f"{name}.json").is_file():
-            return _error(403, "read_only", "shipped workflows are read-only")
-        return _error(404, "not_found", f"no workflow named {name!r}")
+            return error_response(403, "read_only", "shipped workflows are read-only")
+        return error_response(404, "not_found", f"no workflow named {name!r}")

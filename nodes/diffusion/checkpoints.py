@@ -8,7 +8,6 @@ over a hub id of the same spelling, so a local copy always shadows the network.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,14 +46,14 @@ class Components:
     kind: str
 
 
-def default_models_dir() -> Path:
-    return Path(os.environ.get("NOODLE_MODELS_DIR", "models"))
+# Where names are looked up when no models folder is given (the caller's folders decide).
+DEFAULT_MODELS_DIR = Path("models")
 
 
 def list_models(models_dir: str | Path | None = None) -> list[str]:
     """Names a loader can be given: diffusers folders (with model_index.json) and
     ``.safetensors``/``.ckpt`` files, at the top level or one folder down."""
-    root = Path(models_dir) if models_dir is not None else default_models_dir()
+    root = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
     if not root.is_dir():
         return []
     names: list[str] = []
@@ -79,7 +78,7 @@ def resolve_source(source: str | Path, models_dir: str | Path | None = None) -> 
     text = str(source).strip()
     if not text:
         raise ModelNotFoundError("no model source given")
-    root = Path(models_dir) if models_dir is not None else default_models_dir()
+    root = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
     literal = Path(text).expanduser()
     if not literal.is_absolute() and (root / text).exists():
         return root / text
@@ -178,7 +177,7 @@ def _load_folder(folder: Path, dtype_name: str | torch.dtype, device: torch.devi
     return Components(tokenizer, text_encoder, unet, vae, scheduler_config, source, "sd")
 
 
-def load_pipeline(
+def load_components(
     source: str | Path,
     *,
     dtype: str | torch.dtype = "auto",

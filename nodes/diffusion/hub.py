@@ -2,17 +2,22 @@
 
 The standard cache layout (``models--org--name/snapshots/<rev>/`` with ``refs/main``) is
 used, so models fetched by any Hugging Face tool are found. ``HF_HUB_OFFLINE`` and
-``HF_HUB_CACHE`` are read when a model is resolved, not when this module is imported.
+``HF_HUB_CACHE`` are read when a model is resolved, not when this module is imported, and
+through the engine's settings, where every environment variable is documented.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from graph_runtime.settings import document_env, env
+
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _TRUE = {"1", "on", "yes", "true"}
+document_env("HF_HUB_OFFLINE", "1: resolve org/name models from the Hugging Face cache only")
+document_env("HF_HUB_CACHE", "the Hugging Face hub cache folder (default: huggingface_hub's)")
+document_env("HUGGINGFACE_HUB_CACHE", "older name of HF_HUB_CACHE")
 
 # Files a pipeline needs; weight variants are chosen per folder in _wanted_files.
 _CONFIG_SUFFIXES = (".json", ".txt")
@@ -27,12 +32,12 @@ def looks_like_repo_id(source: str) -> bool:
 
 
 def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    return (env("HF_HUB_OFFLINE") or "").strip().lower() in _TRUE
 
 
 def cache_dir() -> str | None:
     """The hub cache folder from the environment (None lets huggingface_hub decide)."""
-    return os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or None
+    return env("HF_HUB_CACHE") or env("HUGGINGFACE_HUB_CACHE")
 
 
 def _pick_weights(candidates: list[str]) -> list[str]:

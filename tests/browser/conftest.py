@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from graph_runtime import Folders
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
-from graph_runtime.nodes import REGISTRY, Registry
+from graph_runtime.registry import REGISTRY, Registry
 from graph_runtime.server import create_app
 from graph_runtime.workflow import load_workflow
 
@@ -57,6 +58,9 @@ def combined_registry() -> tuple[Registry, bool]:
     for name in REGISTRY:
         if name not in reg:
             reg.add(REGISTRY[name])
+    for socket in REGISTRY.socket_types.values():
+        if socket.name not in reg.socket_types:
+            reg.add_socket_type(socket)
     return reg, loaded
 
 
@@ -122,12 +126,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         default["name"] = "txt2img"
         default["description"] = "Stand-in default workflow (test nodes)"
     (shipped / "txt2img.json").write_text(json.dumps(default))
-    saved_env = {k: os.environ.get(k) for k in ("NOODLE_INPUT_DIR", "NOODLE_TEMP_DIR")}
-    os.environ["NOODLE_INPUT_DIR"] = str(root / "input")  # as `noodle serve` does
-    os.environ["NOODLE_TEMP_DIR"] = str(root / "temp")
-    app = create_app(reg, Executor(reg), output_dir=root / "output", input_dir=root / "input",
-                     temp_dir=root / "temp", user_dir=root / "user", workflows_dir=shipped,
-                     models_dir=REPO / "models")
+    folders = Folders(output=root / "output", input=root / "input", models=REPO / "models",
+                      user=root / "user", temp_dir=root / "temp")
+    app = create_app(Executor(reg, folders=folders), workflows_dir=shipped)
     thread = ServerThread(app)
     thread.start()
     thread.default_workflow = default  # type: ignore[attr-defined]
@@ -135,11 +136,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     thread.input_dir = root / "input"  # type: ignore[attr-defined]
     yield thread
     thread.stop()
-    for key, value in saved_env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

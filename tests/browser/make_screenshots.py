@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,8 +22,9 @@ from playwright.sync_api import sync_playwright
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, ServerThread  # noqa: E402
 
+from graph_runtime import Folders  # noqa: E402
 from graph_runtime.executor import Executor  # noqa: E402
-from graph_runtime.nodes import REGISTRY  # noqa: E402
+from graph_runtime.registry import REGISTRY  # noqa: E402
 from graph_runtime.server import create_app  # noqa: E402
 
 SIZE = {"width": 1600, "height": 900}
@@ -38,12 +38,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     importlib.import_module("nodes")
     root = Path(tempfile.mkdtemp(prefix="noodle-shots-"))
-    os.environ.setdefault("NOODLE_INPUT_DIR", str(root / "input"))
-    os.environ.setdefault("NOODLE_TEMP_DIR", str(root / "temp"))
-    app = create_app(REGISTRY, Executor(REGISTRY), output_dir=root / "output",
-                     input_dir=root / "input", temp_dir=root / "temp", user_dir=root / "user",
-                     workflows_dir=REPO / "workflows",
-                     models_dir=os.environ.get("NOODLE_MODELS_DIR", REPO / "models"))
+    folders = Folders.from_env(output=root / "output", input=root / "input",
+                               temp=root / "temp", user=root / "user")
+    app = create_app(Executor(REGISTRY, folders=folders), workflows_dir=REPO / "workflows")
     server = ServerThread(app)
     server.start()
     try:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from nodes.diffusion import hub
 from nodes.diffusion.checkpoints import (
     list_models,
-    load_pipeline,
+    load_components,
     load_scheduler_config,
     load_vae,
     resolve_source,
@@ -28,7 +28,7 @@ TOL = 1e-5
 
 def test_diffusers_folder_matches_diffusers(tiny_sd) -> None:  # noqa: ANN001
     pipe = tiny_sd.pipe
-    comps = load_pipeline(tiny_sd.folder, dtype="fp32", device="cpu")
+    comps = load_components(tiny_sd.folder, dtype="fp32", device="cpu")
     assert comps.kind == "sd" and comps.source == str(tiny_sd.folder)
     assert comps.scheduler_config["_class_name"] == "PNDMScheduler"
     assert comps.scheduler_config["steps_offset"] == 1
@@ -45,16 +45,16 @@ def test_diffusers_folder_matches_diffusers(tiny_sd) -> None:  # noqa: ANN001
 
 
 def test_weights_are_memory_mapped_not_copied(tiny_sd) -> None:  # noqa: ANN001
-    comps = load_pipeline(tiny_sd.folder, dtype="fp32", device="cpu")
+    comps = load_components(tiny_sd.folder, dtype="fp32", device="cpu")
     storage = comps.unet.conv_in.weight.untyped_storage()
     assert not storage.resizable()  # a view of the mapped file, not an allocation
 
 
 def test_dtypes_and_vae_upcast(tiny_sd) -> None:  # noqa: ANN001
-    comps = load_pipeline(tiny_sd.folder, dtype="bf16", device="cpu")
+    comps = load_components(tiny_sd.folder, dtype="bf16", device="cpu")
     assert comps.unet.dtype == torch.bfloat16 and comps.vae.dtype == torch.bfloat16
     assert comps.text_encoder.dtype == torch.bfloat16
-    comps = load_pipeline(tiny_sd.folder, dtype="fp16", device="cpu")
+    comps = load_components(tiny_sd.folder, dtype="fp16", device="cpu")
     assert comps.unet.dtype == torch.float16 and comps.vae.dtype == torch.float16
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert pick_dtype("auto", torch.device("cuda")) == torch.float16
@@ -70,7 +70,7 @@ def test_dtypes_and_vae_upcast(tiny_sd) -> None:  # noqa: ANN001
 
 def test_ddpm_folder_is_unet2d(tiny_ddpm) -> None:  # noqa: ANN001
     folder, ref = tiny_ddpm
-    comps = load_pipeline(folder, device="cpu")
+    comps = load_components(folder, device="cpu")
     assert comps.kind == "unet2d"
     assert comps.tokenizer is None and comps.text_encoder is None and comps.vae is None
     assert comps.scheduler_config["_class_name"] == "DDPMScheduler"
@@ -91,7 +91,7 @@ def test_ddpm_root_layout_and_bin_weights(tiny_ddpm, tmp_path: Path) -> None:  #
     (root / "model_index.json").write_text(json.dumps({
         "_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
         "scheduler": ["diffusers", "DDPMScheduler"]}))
-    comps = load_pipeline(root, device="cpu")
+    comps = load_components(root, device="cpu")
     assert comps.kind == "unet2d"
     assert comps.scheduler_config["_class_name"] == "DDPMScheduler"
     x = torch.randn(1, 3, 16, 16)
@@ -138,13 +138,13 @@ def test_hub_cache_offline(tiny_sd, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     cache = _hub_cache(tmp_path, tiny_sd.folder, "acme/tiny-sd")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    comps = load_pipeline("acme/tiny-sd", device="cpu", models_dir=tmp_path / "none")
+    comps = load_components("acme/tiny-sd", device="cpu", models_dir=tmp_path / "none")
     assert comps.kind == "sd" and comps.source == "acme/tiny-sd"
     x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 3, 64)
     with torch.no_grad():
         assert rel_err(comps.unet(x, 1, ctx), tiny_sd.pipe.unet(x, 1, ctx).sample) < TOL
     with pytest.raises(ModelNotFoundError) as info:
-        load_pipeline("acme/not-cached", device="cpu", models_dir=tmp_path / "none")
+        load_components("acme/not-cached", device="cpu", models_dir=tmp_path / "none")
     message = str(info.value)
     assert "acme/not-cached" in message and "HF_HUB_OFFLINE" in message
     assert "download" in message
@@ -170,4 +170,4 @@ def test_mismatched_weights_are_reported(tiny_sd, tmp_path: Path) -> None:  # no
     config["layers_per_block"] = 1
     (broken / "unet" / "config.json").write_text(json.dumps(config))
     with pytest.raises(WeightsError, match="unexpected"):
-        load_pipeline(broken, device="cpu")
+        load_components(broken, device="cpu")

@@ -14,7 +14,7 @@ import torch
 from dm_helpers import SF_UNET, SF_VAE, rel_err, unet_to_ldm, vae_to_ldm
 from safetensors.torch import save_file
 
-from nodes.diffusion.checkpoints import load_pipeline, load_scheduler_config, load_vae
+from nodes.diffusion.checkpoints import load_components, load_scheduler_config, load_vae
 from nodes.diffusion.storage import WeightsError
 
 TOL = 1e-5
@@ -67,7 +67,7 @@ def test_export_is_valid_for_diffusers_converter(tiny_sd, ldm_file: Path) -> Non
 
 def test_single_file_loads_to_original_outputs(tiny_sd, ldm_file: Path) -> None:  # noqa: ANN001
     pipe = tiny_sd.pipe
-    comps = load_pipeline(str(ldm_file), dtype="fp32", device="cpu")
+    comps = load_components(str(ldm_file), dtype="fp32", device="cpu")
     assert comps.kind == "sd"
     assert comps.unet.config["cross_attention_dim"] == 64
     assert comps.unet.config["layers_per_block"] == 2
@@ -110,7 +110,7 @@ def test_single_file_rejects_non_sd(tmp_path: Path) -> None:
     path = tmp_path / "other.safetensors"
     save_file({"foo.weight": torch.zeros(2, 2)}, str(path))
     with pytest.raises(WeightsError, match="not a Stable Diffusion 1.x checkpoint|no UNet"):
-        load_pipeline(str(path), device="cpu")
+        load_components(str(path), device="cpu")
 
 
 def test_ckpt_is_read_with_weights_only(ldm_file: Path, tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_ckpt_is_read_with_weights_only(ldm_file: Path, tmp_path: Path) -> None:
 
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": load_file(str(ldm_file))}, str(ckpt))
-    comps = load_pipeline(str(ckpt), dtype="fp32", device="cpu")
+    comps = load_components(str(ckpt), dtype="fp32", device="cpu")
     assert comps.unet.config["layers_per_block"] == 2
 
     class Payload:
@@ -128,4 +128,4 @@ def test_ckpt_is_read_with_weights_only(ldm_file: Path, tmp_path: Path) -> None:
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"x": Payload()}}, str(evil))
     with pytest.raises(WeightsError, match="weights_only"):
-        load_pipeline(str(evil), device="cpu")
+        load_components(str(evil), device="cpu")

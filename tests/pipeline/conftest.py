@@ -20,7 +20,7 @@ pytest.importorskip("diffusers")
 import nodes  # noqa: E402,F401  (registers the node library)
 from graph_runtime.cache import OutputCache  # noqa: E402
 from graph_runtime.executor import Executor, RunResult  # noqa: E402
-from graph_runtime.nodes import REGISTRY  # noqa: E402
+from graph_runtime.registry import REGISTRY  # noqa: E402
 from graph_runtime.workflow import Workflow, apply_overrides, load_workflow  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from graph_runtime.cache import OutputCache, measure
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
-from graph_runtime.nodes import REGISTRY
+from graph_runtime.registry import REGISTRY
 from graph_runtime.workflow import apply_overrides, load_workflow
 from nodes import loaders
 
@@ -23,15 +23,15 @@ from .conftest import IMAGE_SIZE, run, shipped
 
 @pytest.fixture
 def load_count(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every model load goes through `checkpoints.load_pipeline`; count the calls."""
+    """Every model load goes through `checkpoints.load_components`; count the calls."""
     calls: list[str] = []
-    real = loaders.checkpoints.load_pipeline
+    real = loaders.checkpoints.load_components
 
     def counting(source, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(str(source))
         return real(source, **kwargs)
 
-    monkeypatch.setattr(loaders.checkpoints, "load_pipeline", counting)
+    monkeypatch.setattr(loaders.checkpoints, "load_components", counting)
     return calls
 
 

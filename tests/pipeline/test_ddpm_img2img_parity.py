@@ -13,8 +13,8 @@ from PIL import Image as PILImage
 
 from graph_runtime.executor import Executor, WorkflowInvalid
 from graph_runtime.graph import validate
-from graph_runtime.nodes import REGISTRY
-from nodes.loaders import SCHEDULER_TYPES
+from graph_runtime.registry import REGISTRY
+from nodes.diffusion.schedulers import SCHEDULER_NAMES
 
 from .conftest import IMAGE_SIZE, run, shipped
 
@@ -90,7 +90,7 @@ def init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_TYPES)
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_img2img_equals_diffusers(scheduler: str, tiny_sd_dir: Path, init_image: Path,
                                   img2img_pipeline, executor: Executor,
                                   tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 
 from graph_runtime.cache import OutputCache
 from graph_runtime.executor import Executor
-from graph_runtime.nodes import REGISTRY
+from graph_runtime.registry import REGISTRY
 from nodes import images as image_nodes
 from nodes import latents as latent_nodes
 from nodes import loaders, sampling, settings, text
@@ -174,10 +174,10 @@ def test_preview_projection_follows_the_vae(parts: Any) -> None:
 def test_preview_of_real_scenes_is_close_to_the_picture() -> None:
     """On the shipped trained VAE, previews of encoded training-like scenes stay close to the
     downscaled pictures (a fit on uniform swatches alone is off by about 0.7 here)."""
-    from nodes.diffusion.checkpoints import load_pipeline
+    from nodes.diffusion.checkpoints import load_components
     from tools import shapes
 
-    vae = load_pipeline("noodle-tiny", dtype="fp32", device="cpu").vae
+    vae = load_components("noodle-tiny", dtype="fp32", device="cpu").vae
     scale = vae.config["scaling_factor"]
     raw, _, _ = shapes.make_dataset(12, seed=3)
     x = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -199,7 +199,8 @@ def test_progress_counts_user_steps() -> None:
 def test_every_offered_scheduler_exists() -> None:
     from nodes.diffusion.schedulers import SCHEDULERS
 
-    assert sorted(loaders.SCHEDULER_TYPES) == sorted(SCHEDULERS)
+    offered = REGISTRY["SwapScheduler"].inputs["type"].widget.current_options()
+    assert sorted(offered) == sorted(SCHEDULERS)
 
 
 def test_resize_image_keeps_aspect() -> None:

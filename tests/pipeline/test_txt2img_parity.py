@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from graph_runtime.executor import Executor
-from nodes.loaders import SCHEDULER_TYPES
+from nodes.diffusion.schedulers import SCHEDULER_NAMES
 
 from .conftest import IMAGE_SIZE, run, shipped
 
@@ -56,7 +56,7 @@ def stages_overrides(source: Path, scheduler: str, negative: str | None,
 
 
 @pytest.mark.parametrize("negative", [None, NEGATIVE], ids=["no-negative", "negative"])
-@pytest.mark.parametrize("scheduler", SCHEDULER_TYPES)
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_stages_equal_diffusers(scheduler: str, negative: str | None, tiny_sd_dir: Path,
                                 sd_pipeline, executor: Executor, tmp_path: Path) -> None:
     wf = shipped("txt2img_stages.json", stages_overrides(tiny_sd_dir, scheduler, negative))

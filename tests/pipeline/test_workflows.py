@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
-from graph_runtime.nodes import REGISTRY
+from graph_runtime.registry import REGISTRY
 from graph_runtime.workflow import Workflow, is_link, load_workflow
 
 from .conftest import IMAGE_SIZE, WORKFLOWS, run, shipped

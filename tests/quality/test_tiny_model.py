@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from benchmarks.quality import evaluate, generate, load_tiny
-from nodes.diffusion.checkpoints import load_pipeline
+from nodes.diffusion.checkpoints import load_components
 from nodes.diffusion.schedulers import scheduler_from_config
 from tools import shapes
 
@@ -94,7 +94,7 @@ def test_guidance_is_what_carries_the_prompt(tiny: object) -> None:
 
 
 def test_unconditional_ddpm_draws_recognisable_shapes() -> None:
-    components = load_pipeline("noodle-tiny-ddpm", dtype="fp32", device="cpu",
+    components = load_components("noodle-tiny-ddpm", dtype="fp32", device="cpu",
                                models_dir=MODELS)
     assert components.kind == "unet2d"
     sched = scheduler_from_config(components.scheduler_config)

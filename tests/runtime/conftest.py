@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rt_helpers import make_registry
 
-from graph_runtime.nodes import Registry
+from graph_runtime.registry import Registry
 
 
 @pytest.fixture

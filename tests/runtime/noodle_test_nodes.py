@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from graph_runtime import Int, node
 from graph_runtime.context import current
-from graph_runtime.nodes import Int, node
 
 
 @node("TConst", output="value")
-def t_const(value: int = Int(1, min=0, max=100)) -> int:
+def t_const(value: Annotated[int, Int(min=0, max=100)] = 1) -> int:
     return value
 
 
@@ -17,7 +19,7 @@ def t_fail(x: int) -> int:
 
 
 @node("TSteps", output="value")
-def t_steps(x: int, total: int = Int(3, min=1)) -> int:
+def t_steps(x: int, total: Annotated[int, Int(min=1)] = 3) -> int:
     ctx = current()
     assert ctx is not None
     for i in range(1, total + 1):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
+from graph_runtime import Choice, Float, Int, Registry, Text, node
 from graph_runtime.context import current
-from graph_runtime.nodes import Choice, Float, Int, Registry, Text, node
 from graph_runtime.workflow import Workflow, load_workflow
 
 
@@ -18,15 +18,15 @@ def make_registry() -> Registry:
     reg = Registry()
 
     @node("Const", output="value", registry=reg)
-    def const(value: int = Int(1, min=-100, max=100)) -> int:
+    def const(value: Annotated[int, Int(min=-100, max=100)] = 1) -> int:
         return value
 
     @node("Add", output="sum", registry=reg)
-    def add(a: int, b: int = Int(0)) -> int:
+    def add(a: int, b: Annotated[int, Int()] = 0) -> int:
         return a + b
 
     @node("Scale", output="value", registry=reg)
-    def scale(x: float, factor: float = Float(2.0, min=0.0, max=10.0)) -> float:
+    def scale(x: float, factor: Annotated[float, Float(min=0.0, max=10.0)] = 2.0) -> float:
         return x * factor
 
     @node("Split", registry=reg)
@@ -34,7 +34,8 @@ def make_registry() -> Registry:
         return Pair(x - 1, x + 1)
 
     @node("Label", output="text", registry=reg)
-    def label(x: int, mode: str = Choice(["plain", "loud"]), suffix: str = Text("")) -> str:
+    def label(x: int, mode: Annotated[str, Choice(["plain", "loud"])] = "plain",
+              suffix: Annotated[str, Text()] = "") -> str:
         text = f"n={x}{suffix}"
         return text.upper() if mode == "loud" else text
 
@@ -51,7 +52,7 @@ def make_registry() -> Registry:
         ctx.ui["text"] = [text]
 
     @node("WriteFile", output_node=True, registry=reg)
-    def write_file(value: int, name: str = Text("out")) -> None:
+    def write_file(value: int, name: Annotated[str, Text()] = "out") -> None:
         ctx = current()
         assert ctx is not None
         path = ctx.output_dir / f"{name}.txt"
@@ -63,7 +64,7 @@ def make_registry() -> Registry:
         raise ValueError(f"boom at {x}")
 
     @node("Steps", output="value", registry=reg)
-    def steps(x: int, total: int = Int(3, min=1, max=100)) -> int:
+    def steps(x: int, total: Annotated[int, Int(min=1, max=100)] = 3) -> int:
         ctx = current()
         assert ctx is not None
         for i in range(1, total + 1):

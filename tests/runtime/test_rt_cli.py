@@ -35,7 +35,7 @@ def test_run_json_prints_one_event_per_line(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     kinds = [e["type"] for e in events]
-    assert kinds[:2] == ["queued", "run_started"] and kinds[-1] == "run_finished"
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     assert kinds.count("progress") == 3 and kinds.count("node_finished") == 3
     assert all(e["preview"] is None for e in events if e["type"] == "progress")
     shown = [e for e in events if e["type"] == "node_finished" and e["node"] == "3"][0]
@@ -105,12 +105,15 @@ def test_serve_hands_its_options_to_the_server(monkeypatch, tmp_path: Path) -> N
 
     monkeypatch.syspath_prepend(str(HERE))
     seen: dict = {}
-    monkeypatch.setattr(server, "serve", lambda **kw: seen.update(kw))
-    monkeypatch.setenv("NOODLE_CACHE_CPU_BYTES", "8G")  # restored after the test
+    monkeypatch.setattr(server, "serve", lambda executor, **kw: seen.update(kw, ex=executor))
+    monkeypatch.setenv("NOODLE_CACHE_CPU_BYTES", "8G")
     code = cli.main(["serve", "--host", "0.0.0.0", "--port", "9999", "--nodes",
                      "noodle_test_nodes", "--output-dir", str(tmp_path), "--cache-cpu-bytes",
-                     "1G"])
+                     "1G", "--models-dir", str(tmp_path / "m")])
     assert code == 0
-    assert seen == {"host": "0.0.0.0", "port": 9999, "nodes_module": "noodle_test_nodes",
-                    "output_dir": tmp_path}
-    assert os.environ["NOODLE_CACHE_CPU_BYTES"] == "1G"
+    executor = seen.pop("ex")
+    assert seen == {"host": "0.0.0.0", "port": 9999}
+    assert executor.folders.output == tmp_path and executor.folders.models == tmp_path / "m"
+    assert executor.cache.budgets["cpu"] == 2**30  # the flag wins over the environment
+    assert "TConst" in executor.registry
+    assert os.environ["NOODLE_CACHE_CPU_BYTES"] == "8G"  # and nothing is exported

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 from rt_helpers import link, wf
 
+from graph_runtime import Int, Registry, Text, node
 from graph_runtime.cache import OutputCache
 from graph_runtime.executor import Executor, is_out_of_memory
-from graph_runtime.nodes import Int, Registry, Text, node
 from graph_runtime.workflow import Workflow
 
 
@@ -57,7 +58,7 @@ def test_second_run_executes_nothing(reg: Registry, tmp_path: Path) -> None:
     assert second.executed == [] and second.cached == first.executed
     assert second.ui == first.ui and second.outputs == first.outputs
     kinds = [e["type"] for e in events]
-    assert kinds == ["queued", "run_started"] + ["node_cached"] * 6 + ["run_finished"]
+    assert kinds == ["run_started"] + ["node_cached"] * 6 + ["run_finished"]
 
 
 def test_changing_one_literal_reruns_that_node_and_descendants(reg: Registry,
@@ -87,7 +88,7 @@ def test_signature_covers_version_and_output_name(tmp_path: Path) -> None:
         r = Registry()
 
         @node("Src", output="value", version=version, registry=r)
-        def src(v: int = Int(1)) -> int:
+        def src(v: Annotated[int, Int()] = 1) -> int:
             return v
 
         @node("Out", output_node=True, registry=r)
@@ -112,12 +113,12 @@ def test_signature_covers_version_and_output_name(tmp_path: Path) -> None:
 def test_fingerprint_hook_invalidates_on_file_change(tmp_path: Path) -> None:
     r = Registry()
 
-    def fp(inputs: dict) -> str:
+    def fp(inputs: dict, folders: object) -> str:
         st = Path(inputs["path"]).stat()
         return f"{inputs['path']}:{st.st_size}:{st.st_mtime_ns}"
 
     @node("ReadText", output="text", fingerprint=fp, registry=r)
-    def read_text(path: str = Text("")) -> str:
+    def read_text(path: Annotated[str, Text()] = "") -> str:
         return Path(path).read_text()
 
     @node("Show", output_node=True, registry=r)
@@ -263,7 +264,7 @@ def test_out_of_memory_frees_the_cache_and_retries_once(reg: Registry, tmp_path:
     calls = {"n": 0}
 
     @node("Hungry", output="value", registry=reg)
-    def hungry(x: int, fail_times: int = Int(1)) -> int:
+    def hungry(x: int, fail_times: Annotated[int, Int()] = 1) -> int:
         calls["n"] += 1
         if calls["n"] <= fail_times:
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -294,7 +295,7 @@ def test_out_of_memory_detection() -> None:
 
 def test_primitive_nodes_run_in_the_default_library(tmp_path: Path) -> None:
     import nodes.primitives  # noqa: F401
-    from graph_runtime.nodes import REGISTRY
+    from graph_runtime.registry import REGISTRY
 
     w = wf({"1": ("IntConstant", {"value": 6}), "2": ("FloatMath", {
         "a": link("1", "value"), "b": 4, "operation": "divide"}),

@@ -7,7 +7,7 @@ from rt_helpers import link, wf
 
 from graph_runtime.executor import Executor, WorkflowInvalid
 from graph_runtime.graph import build_graph, validate
-from graph_runtime.nodes import Registry
+from graph_runtime.registry import Registry
 
 
 def codes(errors: list[dict]) -> list[tuple]:

@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 from toy_nodes import make_registry
 
+from graph_runtime import Folders
 from graph_runtime.executor import Executor
 from graph_runtime.server import create_app
 
@@ -26,13 +27,15 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
+def folders_of(folders: dict[str, Path]) -> Folders:
+    return Folders(output=folders["output"], input=folders["input"], models=folders["models"],
+                   user=folders["user"], temp_dir=folders["temp"])
+
+
 @pytest.fixture
 def app(folders: dict[str, Path]) -> Any:
-    registry = make_registry()
-    return create_app(registry, Executor(registry), output_dir=folders["output"],
-                      input_dir=folders["input"], temp_dir=folders["temp"],
-                      user_dir=folders["user"], workflows_dir=folders["workflows"],
-                      models_dir=folders["models"], max_upload_bytes=2**20)
+    executor = Executor(make_registry(), folders=folders_of(folders))
+    return create_app(executor, workflows_dir=folders["workflows"], max_upload_bytes=2**20)
 
 
 @pytest_asyncio.fixture

@@ -3,19 +3,20 @@ without importing the diffusion library (which loads torch)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from graph_runtime import Text, node
 from graph_runtime.context import current
-from graph_runtime.nodes import node
-from graph_runtime.widgets import Text
 
 
 @node("Greeting", category="test", output="text")
-def greeting(name: str = Text("world")) -> str:
+def greeting(name: Annotated[str, Text()] = "world") -> str:
     """Hello, name."""
     return f"hello {name}"
 
 
 @node("WriteText", category="test", output_node=True)
-def write_text(text: str, filename: str = Text("out.txt")) -> None:
+def write_text(text: str, filename: Annotated[str, Text()] = "out.txt") -> None:
     """Write the text into the output folder."""
     ctx = current()
     assert ctx is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from toy_nodes import image_workflow
@@ -56,28 +56,38 @@ async def test_nodes_schema(client: Any) -> None:
     assert data["Gradient"]["outputs"] == [{"name": "image", "type": "IMAGE"}]
 
 
-async def test_models_lists_folder(client: Any) -> None:
-    data = await (await client.get("/api/models")).json()
-    assert data == {"models": ["single.safetensors", "tiny-model"]}
+async def test_types_give_colours_and_compatibility(client: Any) -> None:
+    data = await (await client.get("/api/types")).json()
+    assert {"INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE"} <= set(data)
+    assert data["FLOAT"]["accepts"] == ["FLOAT", "INT"]
+    assert data["INT"]["accepts"] == ["INT"]
+    assert data["IMAGE"]["color"].startswith("#")
 
 
-async def test_models_prefers_loadpipeline_choice(aiohttp_client: Any, folders: dict) -> None:
+async def test_choices_list_the_servers_folders(aiohttp_client: Any, folders: dict) -> None:
+    """A choice fed by a folder lists the folder the server was given (what /api/models
+    did for checkpoints, for any folder and any node)."""
+    from graph_runtime import Choice, Folders, Registry, SocketType, node
     from graph_runtime.executor import Executor
-    from graph_runtime.nodes import Choice, Registry, node
     from graph_runtime.server import create_app
 
     reg = Registry()
+    reg.add_socket_type(SocketType("UNET"))
+
+    def models(f: Folders) -> list[str]:
+        return sorted(p.name for p in f.models.iterdir())
 
     @node("LoadPipeline", registry=reg, output="unet")
-    def load(source: str = Choice(lambda: ["alpha", "beta"], allow_other=True)) -> Unet:
+    def load(source: Annotated[str, Choice(models, allow_other=True)] = "") -> Unet:
         """Loads."""
         return Unet()
 
-    app = create_app(reg, Executor(reg), output_dir=folders["output"],
-                     input_dir=folders["input"], temp_dir=folders["temp"],
-                     user_dir=folders["user"], workflows_dir=None, models_dir=folders["models"])
-    client = await aiohttp_client(app)
-    assert await (await client.get("/api/models")).json() == {"models": ["alpha", "beta"]}
+    executor = Executor(reg, folders=Folders(output=folders["output"], input=folders["input"],
+                                             models=folders["models"], user=folders["user"],
+                                             temp_dir=folders["temp"]))
+    client = await aiohttp_client(create_app(executor))
+    schema = (await (await client.get("/api/nodes")).json())["LoadPipeline"]
+    assert schema["inputs"][0]["options"] == ["single.safetensors", "tiny-model"]
 
 
 async def test_prompt_runs_and_history_has_image(client: Any) -> None:

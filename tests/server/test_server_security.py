@@ -60,15 +60,13 @@ async def test_loopback_hosts_accepted(client: Any, host: str) -> None:
 @pytest.mark.asyncio
 async def test_non_loopback_bind_accepts_other_hosts(aiohttp_client: Any, folders: dict
                                                      ) -> None:
+    from conftest import folders_of
     from toy_nodes import make_registry
 
     from graph_runtime.executor import Executor
     from graph_runtime.server import create_app
 
-    reg = make_registry()
-    app = create_app(reg, Executor(reg), output_dir=folders["output"],
-                     input_dir=folders["input"], temp_dir=folders["temp"],
-                     user_dir=folders["user"], workflows_dir=None, models_dir=None,
+    app = create_app(Executor(make_registry(), folders=folders_of(folders)),
                      bind_host="0.0.0.0")
     c = await aiohttp_client(app)
     assert (await c.get("/api/nodes", headers={"Host": "box.lan:8188"})).status == 200

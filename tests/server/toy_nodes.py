@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Annotated
 
 from PIL import Image, PngImagePlugin
 
+from graph_runtime import Choice, Float, Int, Registry, Seed, SocketType, Text, node
 from graph_runtime.context import current
-from graph_runtime.nodes import Choice, Float, Int, Registry, Seed, Text, node
 
 
 class Picture:
@@ -27,22 +28,25 @@ class Picture:
 
 def make_registry() -> Registry:
     reg = Registry()
+    reg.add_socket_type(SocketType("IMAGE", "#64b5f6"))
 
     @node("Number", category="test/values", output="value", registry=reg)
-    def number(value: int = Int(3, min=0, max=100)) -> int:
+    def number(value: Annotated[int, Int(min=0, max=100)] = 3) -> int:
         """A small integer."""
         return value
 
     @node("Add", category="test/values", output="value", registry=reg)
-    def add(a: int, b: int = Int(1, min=-100, max=100)) -> int:
+    def add(a: int, b: Annotated[int, Int(min=-100, max=100)] = 1) -> int:
         """a + b."""
         return a + b
 
     @node("Gradient", category="test/images", output="image", registry=reg)
-    def gradient(size: int = Int(32, min=8, max=256), seed: int = Seed(0),
-                 steps: int = Int(3, min=1, max=200), delay: float = Float(0.0, min=0.0),
-                 colour: str = Choice(["red", "green", "blue"], default="red"),
-                 label: str = Text("hello", multiline=True)) -> Picture:
+    def gradient(size: Annotated[int, Int(min=8, max=256)] = 32,
+                 seed: Annotated[int, Seed()] = 0,
+                 steps: Annotated[int, Int(min=1, max=200)] = 3,
+                 delay: Annotated[float, Float(min=0.0)] = 0.0,
+                 colour: Annotated[str, Choice(["red", "green", "blue"])] = "red",
+                 label: Annotated[str, Text(multiline=True)] = "hello") -> Picture:
         """A gradient image, drawn in `steps` steps with a preview after each."""
         ctx = current()
         channel = {"red": 0, "green": 1, "blue": 2}[colour]
@@ -62,7 +66,7 @@ def make_registry() -> Registry:
         return Picture(img)
 
     @node("SavePicture", category="test/images", output_node=True, registry=reg)
-    def save_picture(image: Picture, filename_prefix: str = Text("test")) -> None:
+    def save_picture(image: Picture, filename_prefix: Annotated[str, Text()] = "test") -> None:
         """Save as PNG with the workflow in a tEXt chunk named "workflow"."""
         ctx = current()
         out = ctx.output_dir if ctx is not None else Path("output")

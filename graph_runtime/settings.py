@@ -1,0 +1,81 @@
+"""Settings a run depends on: its folders, and the environment variables that override them.
+
+Settings travel explicitly: the CLI and the server build one `Folders` and hand it to the
+`Executor`, which puts it on every node's `RunContext`. Nothing is exported into the
+process environment to reach a node, so two executors in one process (a test suite, a
+worker pool) can use different folders.
+
+Environment variables are user-facing overrides only, and this module is the one place
+that reads them. Each must be documented in `ENVIRONMENT` (the node library adds its own
+with `document_env`), so `noodle --help` can list every variable that changes behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ENVIRONMENT: dict[str, str] = {
+    "NOODLE_NODES": "node library module(s) to import, comma-separated (default: nodes)",
+    "NOODLE_INPUT_DIR": "folder of uploaded and input images (default: ./input)",
+    "NOODLE_TEMP_DIR": "folder for previews (default: temp beside the output folder)",
+    "NOODLE_MODELS_DIR": "folder of checkpoints and model folders (default: ./models)",
+    "NOODLE_CACHE_CPU_BYTES": "output cache budget in RAM, e.g. 4G (default: 8G)",
+    "NOODLE_CACHE_CUDA_BYTES": "output cache budget on the GPU (default: 60% of it)",
+    "NOODLE_CACHE_MPS_BYTES": "output cache budget on Apple GPUs (default: 4G)",
+}
+
+
+def document_env(name: str, description: str) -> None:
+    """Declare an environment variable a node library reads (through `env`)."""
+    ENVIRONMENT.setdefault(name, description)
+
+
+def env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of a documented environment variable, or None when unset or empty."""
+    if name not in ENVIRONMENT:
+        raise KeyError(f"{name} is not a documented setting; declare it with document_env")
+    value = (os.environ if environ is None else environ).get(name, "")
+    return value or None
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where a run reads and writes files.
+
+    `output`: saved results; `input`: uploaded and input images; `models`: checkpoints;
+    `user`: saved workflows and user data; `temp`: previews, beside the output folder
+    unless set, so a run with its own output folder keeps its previews next to it.
+    """
+
+    output: Path = Path("output")
+    input: Path = Path("input")
+    models: Path = Path("models")
+    user: Path = Path("user")
+    temp_dir: Path | None = None
+
+    @property
+    def temp(self) -> Path:
+        return self.temp_dir if self.temp_dir is not None else self.output.parent / "temp"
+
+    @classmethod
+    def from_env(cls, output: Path | str | None = None, input: Path | str | None = None,
+                 temp: Path | str | None = None, models: Path | str | None = None,
+                 user: Path | str | None = None) -> Folders:
+        """Given folders first, then the environment overrides, then the defaults."""
+        temp = temp or env("NOODLE_TEMP_DIR")
+        return cls(output=Path(output or "output"),
+                   input=Path(input or env("NOODLE_INPUT_DIR") or "input"),
+                   models=Path(models or env("NOODLE_MODELS_DIR") or "models"),
+                   user=Path(user or "user"),
+                   temp_dir=Path(temp) if temp else None)
+
+    def with_output(self, output: Path | str) -> Folders:
+        return replace(self, output=Path(output))
+
+    def resolved(self) -> Folders:
+        """The same folders as absolute paths (a server's working directory may change)."""
+        return Folders(self.output.resolve(), self.input.resolve(), self.models.resolve(),
+                       self.user.resolve(), self.temp.resolve())
