@@ -317,3 +317,84 @@ def test_running_node_progress_preview_and_stop(page: Any) -> None:
     assert page.evaluate("window.noodle.editor.node('1').noodle.running") is False
     assert page.is_hidden("#progress")
     assert page.evaluate("window.noodle.editor.outputImages('2')") == []
+
+
+def rgb(hex_colour: str) -> str:
+    """A #rrggbb colour as the browser reports a CSS background."""
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+def test_socket_colours_and_links_come_from_served_types(page: Any) -> None:
+    served = page.evaluate("fetch('/api/types').then((r) => r.json())")
+    assert served["FLOAT"]["accepts"] == ["FLOAT", "INT"] and served["INT"]["accepts"] == ["INT"]
+    new_graph(page)
+    ed = "window.noodle.editor"
+    num = page.evaluate(f"{ed}.addNode('Number', [80, 60])")
+    grad = page.evaluate(f"{ed}.addNode('Gradient', [80, 260])")
+    colours = page.evaluate(f"""[{ed}.node('{num}').outputs[0].color_on,
+                                 {ed}.node('{grad}').outputs[0].color_on,
+                                 {ed}.node('{grad}').outputs[0].color_off]""")
+    assert colours == [served["INT"]["color"], served["IMAGE"]["color"], served["IMAGE"]["color"]]
+    expected = {name: t["color"] for name, t in served.items()}
+    assert page.evaluate(f"{ed}.canvas.default_connection_color_byType") == expected
+    assert page.evaluate(f"{ed}.canvas.default_connection_color_byTypeOff") == expected
+    link_colours = page.evaluate(f"{ed}.canvas.constructor.link_type_colors")
+    assert all(link_colours[name] == colour for name, colour in expected.items())
+    dot = page.evaluate("getComputedStyle(document.querySelector("
+                        "'.palette-item[data-type=Number] .dots i')).backgroundColor")
+    assert dot == rgb(served["INT"]["color"])
+    # Every pair of served types links exactly when the input type's `accepts` lists the output's.
+    verdicts = page.evaluate(
+        f"(names) => names.map((out) => names.map((inp) => {ed}.canLink(out, inp)))", list(served))
+    for out, row in zip(served, verdicts, strict=True):
+        for inp, ok in zip(served, row, strict=True):
+            assert ok == (out in served[inp]["accepts"]), (out, inp)
+    assert page.evaluate(f"{ed}.canLink('INT', 'FLOAT')") is True
+    assert page.evaluate(f"{ed}.canLink('STRING', 'INT')") is False
+    wildcard = page.evaluate(f"[{ed}.canLink('*', 'IMAGE'), {ed}.canLink('IMAGE', '*')]")
+    assert wildcard == [True, True]
+    assert page.problems == []
+
+
+def test_canvas_follows_changed_types_and_upload_flags(page: Any, server: Any) -> None:
+    """Served data changed under the page: no colour, link rule or upload button may come
+    from a copy kept in the front end."""
+    types_ = page.evaluate("fetch('/api/types').then((r) => r.json())")
+    nodes = page.evaluate("fetch('/api/nodes').then((r) => r.json())")
+    types_["INT"]["color"] = "#123456"
+    types_["STRING"]["accepts"] = ["STRING", "INT"]
+    types_["FLOAT"]["accepts"] = ["FLOAT"]
+    del types_["IMAGE"]
+    for spec in nodes["SavePicture"]["inputs"]:
+        if spec["name"] == "filename_prefix":
+            spec["upload"] = "image"
+    for spec in nodes.get("LoadImage", {}).get("inputs", []):
+        spec.pop("upload", None)
+    page.route("**/api/types", lambda route: route.fulfill(json=types_))
+    page.route("**/api/nodes", lambda route: route.fulfill(json=nodes))
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15000)
+    new_graph(page)
+    ed = "window.noodle.editor"
+    num = page.evaluate(f"{ed}.addNode('Number', [80, 60])")
+    grad = page.evaluate(f"{ed}.addNode('Gradient', [80, 260])")
+    save = page.evaluate(f"{ed}.addNode('SavePicture', [480, 120])")
+    assert page.evaluate(f"{ed}.node('{num}').outputs[0].color_on") == "#123456"
+    assert page.evaluate(f"{ed}.canvas.constructor.link_type_colors.INT") == "#123456"
+    # A type the server does not list: the neutral colour, and links only to itself.
+    assert page.evaluate(f"{ed}.node('{grad}').outputs[0].color_on") == "#9aa4b2"
+    assert page.evaluate(f"{ed}.canLink('IMAGE', 'IMAGE')") is True
+    assert page.evaluate(f"{ed}.canLink('INT', 'FLOAT')") is False
+    assert page.evaluate(f"{ed}.canLink('INT', 'STRING')") is True
+    assert page.evaluate(f"{ed}.connect('{num}', 'value', '{save}', 'filename_prefix')") is True
+    links = {n["id"]: n["links"] for n in summary(page)}
+    assert links[save] == ["filename_prefix"]
+    assert page.evaluate(f"{ed}.widgetPosition('{save}', 'upload image…')") is not None
+    if "LoadImage" in nodes:
+        loader = page.evaluate(f"{ed}.addNode('LoadImage', [480, 400])")
+        assert page.evaluate(f"{ed}.widgetPosition('{loader}', 'upload image…')") is None
+    page.wait_for_timeout(100)
+    with page.expect_file_chooser():
+        page.mouse.click(*page.evaluate(f"{ed}.widgetPosition('{save}', 'upload image…')"))
+    assert page.problems == []

@@ -22,10 +22,9 @@ async function call(method, path, body) {
 
 export const api = {
   nodes: () => call("GET", "/api/nodes"),
-  models: () => call("GET", "/api/models"),
+  types: () => call("GET", "/api/types"),
   queue: (workflow, clientId) => call("POST", "/api/prompt", { workflow, client_id: clientId }),
   interrupt: () => call("POST", "/api/interrupt"),
-  queueState: () => call("GET", "/api/queue"),
   workflows: () => call("GET", "/api/workflows"),
   loadWorkflow: (name, source) =>
     call("GET", `/api/workflows/${encodeURIComponent(name)}${source ? `?source=${source}` : ""}`),

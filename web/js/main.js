@@ -6,8 +6,6 @@ import { Documents } from "./documents.js";
 import { Editor } from "./graph/editor.js";
 import { buildPalette, DRAG_MIME } from "./palette.js";
 
-// Nodes that read an image from the input folder, and the input that names it.
-const IMAGE_UPLOADS = { LoadImage: "path" };
 const $ = (sel) => document.querySelector(sel);
 
 // "input: message", unless the message already starts with the input's name.
@@ -37,8 +35,9 @@ class App {
   }
 
   async start() {
-    const schemas = await api.nodes();
-    this.editor.registerTypes(schemas, { uploads: IMAGE_UPLOADS, onUpload: (id, input) => this.pickUpload(id, input) });
+    const [schemas, types] = await Promise.all([api.nodes(), api.types()]);
+    // Before the palette: it takes its colours from the socket types registered here.
+    this.editor.registerTypes(schemas, types, { onUpload: (id, input, kind) => this.pickUpload(id, input, kind) });
     buildPalette($("#palette"), schemas, (type, pos) => this.editor.addNode(type, pos));
     this.bindUi();
     this.resize();
@@ -59,7 +58,12 @@ class App {
     return this.docs.openWorkflow(w);
   }
 
-  pickUpload(nodeId, input) {
+  // The server takes uploads of images only (POST /api/upload/image).
+  pickUpload(nodeId, input, kind) {
+    if (kind !== "image") {
+      toast(`Cannot upload ${kind} files`, "error");
+      return;
+    }
     const picker = document.createElement("input");
     picker.type = "file";
     picker.accept = "image/png,image/jpeg,image/webp,image/gif,image/bmp";

@@ -4,22 +4,13 @@
 import { LGraph, LGraphCanvas, LiteGraph } from "../../lib/litegraph.es.js";
 import { loadInto, serialize } from "./convert.js";
 import { contentBottom, registerSchemas, SEED_CONTROLS } from "./node-types.js";
-import { TYPE_COLOURS } from "./theme.js";
+import { setTypeColours, typeColours } from "./theme.js";
 
 const MAX_SEED = 2 ** 32;
 // Below this zoom node text becomes unreadable; bigger graphs are shown from the top left.
 const MIN_FIT_SCALE = 0.55;
 
-// INT may feed FLOAT; otherwise types must match exactly (as graph_runtime.nodes says).
-function compatible(out, inp) {
-  if (!out || !inp || out === "*" || inp === "*") return true;
-  const a = String(out).toUpperCase();
-  const b = String(inp).toUpperCase();
-  return a === b || (a === "INT" && b === "FLOAT");
-}
-
 function configureLiteGraph() {
-  LiteGraph.isValidConnection = compatible;
   LiteGraph.release_link_on_empty_shows_menu = true;
   LiteGraph.search_hide_on_mouse_leave = false;
   LiteGraph.NODE_DEFAULT_BGCOLOR = "#20262e";
@@ -32,33 +23,53 @@ function configureLiteGraph() {
   LiteGraph.WIDGET_TEXT_COLOR = "#e5e9f0";
   LiteGraph.WIDGET_SECONDARY_TEXT_COLOR = "#8b95a3";
   LiteGraph.LINK_COLOR = "#9aa4b2";
-  Object.assign(LGraphCanvas.link_type_colors, TYPE_COLOURS);
 }
 
 export class Editor {
   constructor(canvasEl, { onChange = () => {} } = {}) {
     configureLiteGraph();
     this.onChange = onChange;
+    this.socketTypes = {}; // /api/types, once registerTypes has run
+    // litegraph asks this for every link, whether dragged or made by code.
+    LiteGraph.isValidConnection = (out, inp) => this.canLink(out, inp);
     this.graph = new LGraph();
     this.canvas = new LGraphCanvas(canvasEl, this.graph);
     this.canvas.clear_background_color = "#12161b";
     this.canvas.render_canvas_border = false;
     this.canvas.show_info = false;
     this.canvas.low_quality_zoom_threshold = 0.5;
-    this.canvas.default_connection_color_byType = { ...TYPE_COLOURS };
-    this.canvas.default_connection_color_byTypeOff = { ...TYPE_COLOURS };
     this.types = new Set();
     this.schemas = {};
     this.imageCache = new Map();
     this.graph.start?.();
   }
 
-  // `uploads`: {nodeType: inputName} for nodes that get an "upload image" button, which calls
-  // `onUpload(nodeId, inputName)`.
-  registerTypes(schemas, { uploads = {}, onUpload = null } = {}) {
+  // `schemas` and `types` as /api/nodes and /api/types serve them. An input whose schema names
+  // an `upload` kind gets a button that calls `onUpload(nodeId, inputName, kind)`.
+  registerTypes(schemas, types, { onUpload = null } = {}) {
+    this.setSocketTypes(types);
     this.schemas = schemas;
-    const upload = onUpload && ((node, input) => onUpload(String(node.id), input));
-    for (const t of registerSchemas(schemas, (node, name) => this.widgetChanged(node, name), uploads, upload)) this.types.add(t);
+    const upload = onUpload && ((node, input, kind) => onUpload(String(node.id), input, kind));
+    for (const t of registerSchemas(schemas, (node, name) => this.widgetChanged(node, name), upload)) this.types.add(t);
+  }
+
+  // Socket colours and link rules come from the server, so a node library can add types.
+  setSocketTypes(types) {
+    this.socketTypes = types;
+    setTypeColours(types);
+    const colours = typeColours();
+    Object.assign(LGraphCanvas.link_type_colors, colours);
+    this.canvas.default_connection_color_byType = colours;
+    this.canvas.default_connection_color_byTypeOff = { ...colours };
+    this.canvas.setDirty(true, true);
+  }
+
+  // Whether an output of type `out` may feed an input of type `inp`: the input type's served
+  // `accepts` list decides, as on the server; "*" or an untyped slot links to anything.
+  canLink(out, inp) {
+    if (!out || !inp || out === "*" || inp === "*") return true;
+    const accepts = Object.hasOwn(this.socketTypes, inp) ? this.socketTypes[inp].accepts : null;
+    return out === inp || Boolean(accepts?.includes(out));
   }
 
   // Sets a widget's value (adding it to a choice's options when it is new).

@@ -126,7 +126,7 @@ export function contentBottom(node) {
 class NoodleNode extends LGraphNode {
   static schema = null;
   static onWidgetChanged = null;
-  static uploadInput = null; // name of the input an "upload image" button fills
+  static uploadInputs = []; // input schemas with an `upload` kind: each gets a button
   static onUpload = null;
 
   constructor(title) {
@@ -137,14 +137,16 @@ class NoodleNode extends LGraphNode {
     this.serialize_widgets = true;
     for (const spec of schema.inputs) {
       if (spec.widget) addInputWidget(this, spec, this.constructor.onWidgetChanged);
-      else this.addInput(spec.required ? spec.name : `${spec.name}`, spec.type, {
+      else this.addInput(spec.name, spec.type, {
         color_on: typeColour(spec.type), color_off: typeColour(spec.type),
         label: spec.required ? spec.name : `${spec.name} (optional)`,
       });
     }
-    const upload = this.constructor.uploadInput;
-    if (upload) {
-      const button = this.addWidget("button", "upload image…", null, () => this.constructor.onUpload(this, upload));
+    const uploads = this.constructor.uploadInputs;
+    for (const spec of uploads) {
+      // Named after the input only when there are several to tell apart.
+      const label = `${uploads.length > 1 ? `${spec.name}: ` : ""}upload ${spec.upload}…`;
+      const button = this.addWidget("button", label, null, () => this.constructor.onUpload(this, spec.name, spec.upload));
       button.serialize = false;
     }
     for (const out of schema.outputs) {
@@ -261,16 +263,16 @@ class NoodleNode extends LGraphNode {
   }
 }
 
-// Registers one class per schema; returns the list of type names. `uploads` maps a node type
-// to the input an uploaded image's name goes into; `onUpload(node, input)` does the upload.
-export function registerSchemas(schemas, onWidgetChanged, uploads = {}, onUpload = null) {
+// Registers one class per schema; returns the list of type names. A widget input whose schema
+// names an `upload` kind ("image") gets a button; `onUpload(node, input, kind)` does the upload.
+export function registerSchemas(schemas, onWidgetChanged, onUpload = null) {
   const names = [];
   for (const schema of Object.values(schemas)) {
     const cls = class extends NoodleNode {};
     cls.schema = schema;
     cls.onWidgetChanged = onWidgetChanged;
-    if (uploads[schema.name] && onUpload) {
-      cls.uploadInput = uploads[schema.name];
+    if (onUpload) {
+      cls.uploadInputs = schema.inputs.filter((spec) => spec.widget && spec.upload);
       cls.onUpload = onUpload;
     }
     cls.title = schema.display_name || schema.name;

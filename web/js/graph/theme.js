@@ -1,21 +1,7 @@
-// Colours of socket types and of node states, shared by the canvas and the palette.
+// Colours of socket types and of node states, shared by the canvas and the palette. Socket
+// colours come from the server (/api/types): node libraries register their own types.
 
-export const TYPE_COLOURS = {
-  TOKENIZER: "#d08770",
-  TEXT_ENCODER: "#ebcb8b",
-  UNET: "#b48ead",
-  VAE: "#ef6f6c",
-  SCHEDULER: "#5fb3b3",
-  TOKENS: "#a3be8c",
-  CONDITIONING: "#f0a35e",
-  LATENT: "#f48fb1",
-  IMAGE: "#64b5f6",
-  MASK: "#4db6ac",
-  INT: "#8fd3a8",
-  FLOAT: "#b5d98a",
-  STRING: "#c5cbd6",
-  BOOLEAN: "#e57373",
-};
+export const DEFAULT_TYPE_COLOUR = "#9aa4b2";
 
 export const STATE_COLOURS = {
   running: "#4ade80",
@@ -24,6 +10,18 @@ export const STATE_COLOURS = {
   progress: "#4ade80",
 };
 
+let colours = new Map();
+
+// `types`: the server's socket types by name ({name, color, accepts, description}).
+export function setTypeColours(types) {
+  colours = new Map(Object.entries(types).map(([name, t]) => [name, t.color || DEFAULT_TYPE_COLOUR]));
+}
+
+// Every served colour by type name, as a plain object for litegraph's colour tables.
+export function typeColours() {
+  return Object.fromEntries(colours);
+}
+
 export function typeColour(type) {
-  return TYPE_COLOURS[type] ?? "#9aa4b2";
+  return colours.get(type) ?? DEFAULT_TYPE_COLOUR;
 }
