@@ -39,6 +39,18 @@ def _check_size(node_type: str, width: int, height: int, factor: int) -> None:
                              "(the VAE's downsampling factor)")
 
 
+def seeded_noise(unet: UNet, batch_size: int, height: int, width: int, seed: int,
+                 extra: dict[str, object]) -> Latent:
+    """Unit Gaussian samples for the UNet's input, image i drawn from a CPU generator seeded
+    `seed + i`, on the UNet's device and in its precision."""
+    model = unet.model
+    seeds = tuple(seed + i for i in range(batch_size))
+    gens = new_generators(seeds)
+    shape = torch.Size((batch_size, model.in_channels, height, width))
+    samples = randn(shape, gens, model.device, model.dtype)
+    return Latent(samples, seeds, generator_states(gens), noise=True, extra=extra)
+
+
 @node("RandomLatents", category="latent", output="latents", display_name="Random Latents")
 def random_latents(
     unet: UNet,
@@ -56,13 +68,8 @@ def random_latents(
     factor = vae.scale_factor
     width, height = width or native_size(unet, factor), height or native_size(unet, factor)
     _check_size("RandomLatents", width, height, factor)
-    model = unet.model
-    seeds = tuple(seed + i for i in range(batch_size))
-    gens = new_generators(seeds)
-    shape = (batch_size, model.in_channels, height // factor, width // factor)
-    samples = randn(torch.Size(shape), gens, model.device, model.dtype)
     extra = {"rgb_projection": fit_projection(vae.model, vae.scaling_factor)}
-    return Latent(samples, seeds, generator_states(gens), noise=True, extra=extra)
+    return seeded_noise(unet, batch_size, height // factor, width // factor, seed, extra)
 
 
 @node("RandomNoise", category="latent", output="latents", display_name="Random Noise")
@@ -77,13 +84,7 @@ def random_noise(
     seeded `seed + i`. A size of 0 is the model's `sample_size`."""
     require(unet, "RandomNoise", "unet")
     width, height = width or native_size(unet), height or native_size(unet)
-    model = unet.model
-    seeds = tuple(seed + i for i in range(batch_size))
-    gens = new_generators(seeds)
-    shape = (batch_size, model.in_channels, height, width)
-    samples = randn(torch.Size(shape), gens, model.device, model.dtype)
-    return Latent(samples, seeds, generator_states(gens), noise=True,
-                  extra={"pixel_space": True})
+    return seeded_noise(unet, batch_size, height, width, seed, {"pixel_space": True})
 
 
 def pixels_to_images(x: torch.Tensor) -> Image:

@@ -187,11 +187,7 @@ class PromptQueue:
                 entry["error"] = {"node": None, "node_type": None,
                                   "exception_type": type(exc).__name__, "message": str(exc),
                                   "traceback": traceback.format_exc()}
-                self.publish({"type": "error", "data": {"prompt_id": item.prompt_id,
-                                                        **entry["error"]}}, item.client_id)
-                self.publish({"type": "finished", "data": {
-                    "prompt_id": item.prompt_id, "ok": False, "executed": [], "cached": [],
-                    "files": [], "seconds": 0.0, "interrupted": False}}, item.client_id)
+                self._publish_unrun(item, "error", entry["error"])
             with self._cond:
                 self._history[item.prompt_id] = entry
                 while len(self._history) > self.history_limit:
@@ -199,6 +195,15 @@ class PromptQueue:
                 self._running = None
                 self._cond.notify_all()
             self._publish_status()
+
+    def _publish_unrun(self, item: QueueItem, kind: str, data: dict[str, Any]) -> None:
+        """Why a prompt did not run, then its `finished`, so a client waiting for the end
+        of the prompt is released."""
+        pid, client = item.prompt_id, item.client_id
+        self.publish({"type": kind, "data": {"prompt_id": pid, **data}}, client)
+        self.publish({"type": "finished", "data": {
+            "prompt_id": pid, "ok": False, "executed": [], "cached": [], "files": [],
+            "seconds": 0.0, "interrupted": False}}, client)
 
     def _entry(self, item: QueueItem, status: str) -> dict[str, Any]:
         return {**item.summary(), "status": status, "workflow": item.workflow.to_dict(),
@@ -224,11 +229,7 @@ class PromptQueue:
             # Valid when queued, invalid now (e.g. a model file was removed meanwhile).
             entry = self._entry(item, "invalid")
             entry["errors"] = exc.errors
-            self.publish({"type": "invalid", "data": {"prompt_id": pid,
-                                                      "errors": exc.errors}}, client)
-            self.publish({"type": "finished", "data": {
-                "prompt_id": pid, "ok": False, "executed": [], "cached": [], "files": [],
-                "seconds": 0.0, "interrupted": False}}, client)
+            self._publish_unrun(item, "invalid", {"errors": exc.errors})
             return entry
         status = "success" if result.ok else ("interrupted" if result.interrupted else "error")
         entry = self._entry(item, status)

@@ -15,7 +15,7 @@ import torch
 
 from .base import SIGMA_SPACING_DEFAULTS, SchedulerOutput
 from .families import SOLVER_DEFAULTS, SolverScheduler
-from .schedule import solver_timesteps, threshold_sample
+from .schedule import solver_timesteps
 
 
 def log(x: torch.Tensor) -> torch.Tensor:
@@ -63,11 +63,7 @@ class DEISMultistepScheduler(SolverScheduler):
     ) -> torch.Tensor:
         """The noise prediction DEIS integrates, via x_0 so thresholding can apply."""
         alpha_t, sigma_t = self._alpha_sigma(self.step_index)
-        x0_pred = self._x0_from_output(model_output, sample)
-        if self.config.thresholding:
-            x0_pred = threshold_sample(
-                x0_pred, self.config.dynamic_thresholding_ratio, self.config.sample_max_value
-            )
+        x0_pred = self._thresholded(self._x0_from_output(model_output, sample))
         return (sample - alpha_t * x0_pred) / sigma_t
 
     def first_order_update(self, m0: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:

@@ -219,6 +219,13 @@ class SolverScheduler(IndexedScheduler):
             f"prediction_type {prediction!r} is not supported by {type(self).__name__}"
         )
 
+    def _thresholded(self, x0_pred: torch.Tensor) -> torch.Tensor:
+        """Imagen's dynamic thresholding of x_0, when the config asks for it."""
+        config = self.config
+        if not config.thresholding:
+            return x0_pred
+        return threshold_sample(x0_pred, config.dynamic_thresholding_ratio, config.sample_max_value)
+
     def _eps_from_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The noise prediction epsilon for the current step, from any prediction type."""
         prediction = self.config.prediction_type
@@ -286,19 +293,11 @@ class DPMSolverBase(SolverScheduler):
         if config.prediction_type == "epsilon" and learned:
             model_output = model_output[:, :3]
         if config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
-            x0_pred = self._x0_from_output(model_output, sample)
-            if config.thresholding:
-                x0_pred = threshold_sample(
-                    x0_pred, config.dynamic_thresholding_ratio, config.sample_max_value
-                )
-            return x0_pred
+            return self._thresholded(self._x0_from_output(model_output, sample))
         epsilon = self._eps_from_output(model_output, sample)
         if config.thresholding:
             alpha_t, sigma_t = self._alpha_sigma(self.step_index)
-            x0_pred = (sample - sigma_t * epsilon) / alpha_t
-            x0_pred = threshold_sample(
-                x0_pred, config.dynamic_thresholding_ratio, config.sample_max_value
-            )
+            x0_pred = self._thresholded((sample - sigma_t * epsilon) / alpha_t)
             epsilon = (sample - alpha_t * x0_pred) / sigma_t
         return epsilon
 

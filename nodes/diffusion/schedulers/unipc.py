@@ -14,7 +14,7 @@ import torch
 
 from .base import SIGMA_SPACING_DEFAULTS, SchedulerOutput
 from .families import SOLVER_DEFAULTS, SolverScheduler
-from .schedule import solver_timesteps, threshold_sample
+from .schedule import solver_timesteps
 
 
 class UniPCMultistepScheduler(SolverScheduler):
@@ -74,12 +74,7 @@ class UniPCMultistepScheduler(SolverScheduler):
         """x_0 (``predict_x0``, the default) or epsilon, from any prediction type."""
         if not self.predict_x0:
             return self._eps_from_output(model_output, sample)
-        x0_pred = self._x0_from_output(model_output, sample)
-        if self.config.thresholding:
-            x0_pred = threshold_sample(
-                x0_pred, self.config.dynamic_thresholding_ratio, self.config.sample_max_value
-            )
-        return x0_pred
+        return self._thresholded(self._x0_from_output(model_output, sample))
 
     def _lambda(self, index: int) -> torch.Tensor:
         return self._alpha_sigma_lambda(index)[2]
