@@ -64,6 +64,47 @@ def _check_inputs(unet: UNet, positive: Conditioning | None,
                          "conditioning; unlink 'positive' and 'negative'")
 
 
+def starting_sample(sched: Any, latents: Latent, gens: list[torch.Generator], steps: int,
+                    strength: float, device: torch.device, dtype: torch.dtype
+                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The first sample, the timesteps to run and how many steps they make: pure noise
+    scaled by `init_noise_sigma` (text to image), or clean latents noised to the first
+    timestep that `strength` keeps (image to image), the noise drawn from their streams."""
+    if latents.noise:
+        if strength < 1.0:
+            raise ValueError("Denoise: strength < 1 refines an existing image; link "
+                             "latents from VAEEncode (these latents are pure noise)")
+        return latents.samples.to(device, dtype) * sched.init_noise_sigma, sched.timesteps, steps
+    timesteps, n_steps = img2img_timesteps(sched, steps, strength)
+    clean = latents.samples.to(device, dtype)
+    noise = randn(clean.shape, gens, device, dtype)
+    return sched.add_noise(clean, noise, timesteps[:1].repeat(len(clean))), timesteps, n_steps
+
+
+class StepReport:
+    """Progress with a preview at each step boundary, an interrupt check in between; nothing
+    when the node is called outside a run."""
+
+    def __init__(self, n_timesteps: int, n_steps: int, order: int, latents: Latent) -> None:
+        self.ctx = current()
+        self.marks = step_counter(n_timesteps, n_steps, order)
+        self.n_steps = n_steps
+        self.projection = latents.extra.get("rgb_projection")
+        self.pixel_space = bool(latents.extra.get("pixel_space"))
+
+    def __call__(self, i: int, out: Any) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        if not self.marks[i]:
+            ctx.check_interrupt()
+            return
+        shown = getattr(out, "pred_original_sample", None)
+        shown = out.prev_sample if shown is None else shown
+        ctx.progress(self.marks[i], self.n_steps,
+                     step_preview(shown, self.projection, self.pixel_space))
+
+
 @node("Denoise", category="sampling", output="latents")
 def denoise(
     unet: UNet,
@@ -84,34 +125,18 @@ def denoise(
     device, dtype = model.device, model.dtype
     sched = scheduler.build()
     sched.set_timesteps(steps, device=device)
-
     latents, batch = match_batch(latents, positive)
     gens = latents.generators()
-    if latents.noise:
-        if strength < 1.0:
-            raise ValueError("Denoise: strength < 1 refines an existing image; link "
-                             "latents from VAEEncode (these latents are pure noise)")
-        timesteps, n_steps = sched.timesteps, steps
-        x = latents.samples.to(device, dtype) * sched.init_noise_sigma
-    else:
-        timesteps, n_steps = img2img_timesteps(sched, steps, strength)
-        clean = latents.samples.to(device, dtype)
-        noise = randn(clean.shape, gens, device, dtype)
-        x = sched.add_noise(clean, noise, timesteps[:1].repeat(batch))
-
+    x, timesteps, n_steps = starting_sample(sched, latents, gens, steps, strength, device,
+                                            dtype)
     use_cfg = unet.conditional and guidance_scale > 1.0
     context = None
     if unet.conditional:
         context = guidance_context(positive, negative, batch, use_cfg, device, dtype)
-
-    ctx = current()
-    projection = latents.extra.get("rgb_projection")
-    pixel_space = bool(latents.extra.get("pixel_space"))
-    marks = step_counter(len(timesteps), n_steps, sched.order)
+    report = StepReport(len(timesteps), n_steps, sched.order, latents)
     with torch.no_grad():
         for i, t in enumerate(timesteps):
-            model_in = torch.cat([x] * 2) if use_cfg else x
-            model_in = sched.scale_model_input(model_in, t)
+            model_in = sched.scale_model_input(torch.cat([x] * 2) if use_cfg else x, t)
             if context is None:
                 pred = model(model_in, t)
             else:
@@ -120,13 +145,6 @@ def denoise(
                 pred = combine(pred, guidance_scale)
             out = sched.step(pred, t, x, generator=gens)
             x = out.prev_sample
-            if ctx is None:
-                continue
-            if marks[i]:
-                shown = getattr(out, "pred_original_sample", None)
-                shown = x if shown is None else shown
-                ctx.progress(marks[i], n_steps, step_preview(shown, projection, pixel_space))
-            else:
-                ctx.check_interrupt()
+            report(i, out)
     return Latent(x, latents.seeds, generator_states(gens), noise=False,
                   extra=dict(latents.extra))

@@ -107,10 +107,9 @@ class UNet2DConditionModel(ModelBase):
         cfg = self.config
         _check_supported(cfg)
         down_types = list(cfg["down_block_types"])
-        up_types = list(cfg["up_block_types"])
         channels = list(cfg["block_out_channels"])
         n = len(down_types)
-        if len(up_types) != n or len(channels) != n:
+        if len(cfg["up_block_types"]) != n or len(channels) != n:
             raise ValueError("down_block_types, up_block_types and block_out_channels "
                              "must have the same length")
         # diffusers' historical naming: attention_head_dim holds the number of heads.
@@ -125,7 +124,7 @@ class UNet2DConditionModel(ModelBase):
         self.in_channels = int(cfg["in_channels"])
 
         time_dim = cfg["time_embedding_dim"] or channels[0] * 4
-        k_in, k_out = cfg["conv_in_kernel"], cfg["conv_out_kernel"]
+        k_in = cfg["conv_in_kernel"]
         self.conv_in = nn.Conv2d(self.in_channels, channels[0], k_in, padding=(k_in - 1) // 2)
         self.time_embedding = TimestepEmbedding(channels[0], time_dim, cfg["act_fn"])
         opts = BlockOptions(
@@ -136,48 +135,65 @@ class UNet2DConditionModel(ModelBase):
             use_linear_projection=cfg["use_linear_projection"],
             upcast_attention=cfg["upcast_attention"],
         )
+        self.down_blocks = self._down_blocks(down_types, channels, layers, heads, tlayers, opts)
+        self.mid_block = self._mid_block(channels[-1], heads[-1], tlayers[-1], opts)
+        self.up_blocks = self._up_blocks(channels, layers, heads, tlayers, opts)
+        self._output_layers(channels[0])
 
-        self.down_blocks = nn.ModuleList()
-        out_ch = channels[0]
-        for i, block_type in enumerate(down_types):
+    def _down_blocks(self, types: list[str], channels: list[int], layers: list[int],
+                     heads: list[int], tlayers: list[int], opts: BlockOptions
+                     ) -> nn.ModuleList:
+        """Encoder half: each block downsamples but the last."""
+        blocks, n, out_ch = nn.ModuleList(), len(types), channels[0]
+        for i, block_type in enumerate(types):
             in_ch, out_ch = out_ch, channels[i]
-            self.down_blocks.append(DownBlock(
+            blocks.append(DownBlock(
                 in_ch, out_ch, layers[i], opts, attention_kind(block_type), heads[i], tlayers[i],
-                add_downsample=i < n - 1, downsample_padding=cfg["downsample_padding"],
+                add_downsample=i < n - 1, downsample_padding=self.config["downsample_padding"],
             ))
+        return blocks
 
-        mid_type = cfg["mid_block_type"]
-        self.mid_block: MidBlock | None = None
-        if mid_type is not None:
-            if mid_type != "UNetMidBlock2DCrossAttn":
-                raise ValueError(f"unsupported mid_block_type {mid_type!r}")
-            mid_opts = BlockOptions(**{**opts.__dict__,
-                                       "output_scale_factor": cfg["mid_block_scale_factor"]})
-            self.mid_block = MidBlock(channels[-1], mid_opts, "cross", heads[-1],
-                                      transformer_layers=tlayers[-1])
+    def _mid_block(self, channels: int, heads: int, tlayers: int, opts: BlockOptions
+                   ) -> MidBlock | None:
+        mid_type = self.config["mid_block_type"]
+        if mid_type is None:
+            return None
+        if mid_type != "UNetMidBlock2DCrossAttn":
+            raise ValueError(f"unsupported mid_block_type {mid_type!r}")
+        mid_opts = BlockOptions(**{**opts.__dict__,
+                                   "output_scale_factor": self.config["mid_block_scale_factor"]})
+        return MidBlock(channels, mid_opts, "cross", heads, transformer_layers=tlayers)
 
-        self.up_blocks = nn.ModuleList()
+    def _up_blocks(self, channels: list[int], layers: list[int], heads: list[int],
+                   tlayers: list[int], opts: BlockOptions) -> nn.ModuleList:
+        """Decoder half, mirroring the encoder: one more layer per block (for the skip from
+        the downsampler), each block upsamples but the last."""
         rev_ch, rev_heads = channels[::-1], heads[::-1]
         rev_layers, rev_tlayers = layers[::-1], tlayers[::-1]
+        blocks, n = nn.ModuleList(), len(channels)
         self.num_upsamplers = 0
         out_ch = rev_ch[0]
-        for i, block_type in enumerate(up_types):
+        for i, block_type in enumerate(self.config["up_block_types"]):
             prev, out_ch = out_ch, rev_ch[i]
             in_ch = rev_ch[min(i + 1, n - 1)]
             add_up = i < n - 1
             self.num_upsamplers += int(add_up)
-            self.up_blocks.append(UpBlock(
+            blocks.append(UpBlock(
                 in_ch, out_ch, prev, rev_layers[i] + 1, opts, attention_kind(block_type),
                 rev_heads[i], rev_tlayers[i], add_upsample=add_up,
             ))
+        return blocks
 
+    def _output_layers(self, channels: int) -> None:
+        cfg = self.config
         self.conv_norm_out: nn.GroupNorm | None = None
         self.conv_act: nn.Module | None = None
         if cfg["norm_num_groups"] is not None:
-            self.conv_norm_out = nn.GroupNorm(cfg["norm_num_groups"], channels[0],
+            self.conv_norm_out = nn.GroupNorm(cfg["norm_num_groups"], channels,
                                               eps=cfg["norm_eps"])
             self.conv_act = activation(cfg["act_fn"])
-        self.conv_out = nn.Conv2d(channels[0], cfg["out_channels"], k_out,
+        k_out = cfg["conv_out_kernel"]
+        self.conv_out = nn.Conv2d(channels, cfg["out_channels"], k_out,
                                   padding=(k_out - 1) // 2)
 
     def forward(
