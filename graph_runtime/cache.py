@@ -85,56 +85,58 @@ def _measure_into(obj: Any, sizes: dict[str, int], seen: set[int]) -> None:
     if kind is dict:
         for value in obj.values():
             _measure_into(value, sizes, seen)
-        return
-    if kind is list or kind is tuple:
+    elif kind is list or kind is tuple:
         for value in obj:
             _measure_into(value, sizes, seen)
-        return
-    if isinstance(obj, (bool, int, float)):
+    elif isinstance(obj, (bool, int, float)):
         _add(sizes, "cpu", 32)
-        return
-    if isinstance(obj, (str, bytes)):
+    elif isinstance(obj, (str, bytes)):
         _add(sizes, "cpu", 49 + len(obj))
-        return
+    elif not _measure_held(obj, sizes):
+        parts = _parts(obj)
+        if parts is None:  # opaque: measured as itself
+            _add(sizes, "cpu", sys.getsizeof(obj))
+        for part in parts or ():
+            _measure_into(part, sizes, seen)
+
+
+def _measure_held(obj: Any, sizes: dict[str, int]) -> bool:
+    """Objects that say what they hold: `__nbytes__()` (bytes, or bytes per device),
+    tensors and arrays (`nbytes` on their device), PIL images. False for anything else."""
     own = getattr(obj, "__nbytes__", None)
     if callable(own):
         n = own()
-        if isinstance(n, dict):
-            for device, count in n.items():
-                _add(sizes, device, int(count))
-        else:
-            _add(sizes, "cpu", int(n))
-        return
+        for device, count in (n.items() if isinstance(n, dict) else [("cpu", n)]):
+            _add(sizes, device, int(count))
+        return True
     nbytes = getattr(obj, "nbytes", None)
     if isinstance(nbytes, int) and not isinstance(obj, type):
         device = getattr(obj, "device", None)
         dtype = getattr(device, "type", None)  # torch.device has .type; numpy has none
         _add(sizes, dtype if isinstance(dtype, str) else "cpu", nbytes)
-        return
-    params = getattr(obj, "parameters", None)
-    buffers = getattr(obj, "buffers", None)
-    if callable(params) and callable(buffers):  # an nn.Module, by duck typing
-        for tensor in list(params()) + list(buffers()):
-            _measure_into(tensor, sizes, seen)
-        return
-    if isinstance(obj, dict):
-        for value in obj.values():
-            _measure_into(value, sizes, seen)
-        return
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        for value in obj:
-            _measure_into(value, sizes, seen)
-        return
-    if dataclasses.is_dataclass(obj):
-        for f in dataclasses.fields(obj):
-            _measure_into(getattr(obj, f.name, None), sizes, seen)
-        return
+        return True
     size = getattr(obj, "size", None)
     mode = getattr(obj, "mode", None)
     if isinstance(size, tuple) and isinstance(mode, str) and len(size) == 2:  # PIL image
         _add(sizes, "cpu", size[0] * size[1] * max(1, len(mode)))
-        return
-    _add(sizes, "cpu", sys.getsizeof(obj))
+        return True
+    return False
+
+
+def _parts(obj: Any) -> list[Any] | None:
+    """What an object is made of, for measuring: a module's tensors, a container's items,
+    a dataclass's fields; None for an object that cannot be looked into."""
+    params = getattr(obj, "parameters", None)
+    buffers = getattr(obj, "buffers", None)
+    if callable(params) and callable(buffers):  # an nn.Module, by duck typing
+        return list(params()) + list(buffers())
+    if isinstance(obj, dict):
+        return list(obj.values())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    if dataclasses.is_dataclass(obj):
+        return [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+    return None
 
 
 def measure(obj: Any) -> dict[str, int]:
