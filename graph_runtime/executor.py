@@ -16,13 +16,10 @@ a CUDA out-of-memory error frees the cache and retries that node once.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -30,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from graph_runtime.cache import CacheEntry, OutputCache
-from graph_runtime.context import Interrupted, RunContext, activate, deactivate
 from graph_runtime.graph import build_graph, output_nodes, plan, validate
+from graph_runtime.node_call import Emitter, NodeCall, is_out_of_memory, release_device_memory
 from graph_runtime.registry import REGISTRY, NodeDef, Registry
 from graph_runtime.settings import Folders
 from graph_runtime.workflow import Workflow, is_link, load_workflow
 
+__all__ = ["Executor", "RunResult", "WorkflowInvalid", "is_out_of_memory"]
 Event = dict[str, Any]
 _MISSING = object()
 
@@ -67,28 +65,6 @@ class RunResult:
     signatures: dict[str, str] = field(default_factory=dict)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA/MPS out-of-memory, recognised without importing torch."""
-    torch = sys.modules.get("torch")
-    oom_cls = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    if isinstance(oom_cls, type) and isinstance(exc, oom_cls):
-        return True
-    if type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _release_device_memory() -> None:
-    gc.collect()
-    torch = sys.modules.get("torch")
-    cuda = getattr(torch, "cuda", None)
-    try:
-        if cuda is not None and cuda.is_available():
-            cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - freeing is best effort; the retry will tell
-        return
-
-
 @dataclass
 class _Prepared:
     """What planning learned about one node, reused by signing and calling."""
@@ -101,25 +77,6 @@ class _Prepared:
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr,
                       ensure_ascii=False)
-
-
-class _Emitter:
-    """Delivers events to the caller's handler, tagged with the run id when there is one,
-    so a server can route the events of concurrent clients."""
-
-    def __init__(self, on_event: Callable[[Event], None] | None, run_id: str | None) -> None:
-        self.on_event, self.run_id = on_event, run_id
-
-    def __call__(self, event: Event) -> None:
-        if self.on_event is None:
-            return
-        if self.run_id is not None:
-            event["run_id"] = self.run_id
-        self.on_event(event)
-
-    def for_node(self, node_type: str) -> Callable[[str, dict[str, Any]], None]:
-        """What a node's context emits through (progress events)."""
-        return lambda kind, data: self({"type": kind, "node_type": node_type, **data})
 
 
 @dataclass
@@ -255,13 +212,13 @@ class Executor:
         order = self._plan(wf, targets, folders)
         prepared = self._prepare(wf, order)
         sigs = self._sign(prepared, folders)
-        emit = _Emitter(on_event, run_id)
+        emit = Emitter(on_event, run_id)
         emit({"type": "run_started", "nodes": order})
         roots = set(targets) if targets else {n for n in order
                                               if prepared[n].definition.output_node}
         hits, to_run = self._lookup(order, prepared, sigs, roots)
         state = _RunState(order, prepared, roots, to_run, RunResult(signatures=sigs))
-        call = _NodeCall(emit, interrupt, folders, wf.to_dict(), lambda: self._free(state))
+        call = NodeCall(emit, interrupt, folders, wf.to_dict(), lambda: self._free(state))
         result = state.result
         for nid in order:
             d = prepared[nid].definition
@@ -290,10 +247,10 @@ class Executor:
     def _free(self, state: _RunState) -> None:
         self.cache.free()
         state.drop_unneeded()
-        _release_device_memory()
+        release_device_memory()
 
     @staticmethod
-    def _finish(result: RunResult, started: float, emit: _Emitter) -> None:
+    def _finish(result: RunResult, started: float, emit: Emitter) -> None:
         result.ok = result.error is None and not result.interrupted
         result.seconds = time.perf_counter() - started
         finished: Event = {"type": "run_finished", "executed": list(result.executed),
@@ -324,51 +281,3 @@ class Executor:
                 to_run.add(nid)
                 required.update(src for _, src, _ in prepared[nid].links)
         return hits, to_run
-
-
-@dataclass
-class _NodeCall:
-    """Calls one node inside its run context: events, interrupt, one retry on OOM."""
-
-    emit: _Emitter
-    interrupt: threading.Event
-    folders: Folders
-    workflow: dict[str, Any]
-    free_memory: Callable[[], None]
-
-    def __call__(self, nid: str, d: NodeDef, kwargs: dict[str, Any]
-                 ) -> CacheEntry | dict[str, Any] | None:
-        """Run one node. Returns its entry, an error dict, or None when interrupted."""
-        node_type, emit = d.name, self.emit
-        if d.output_node:
-            self.folders.output.mkdir(parents=True, exist_ok=True)
-        emit({"type": "node_started", "node": nid, "node_type": node_type})
-        retried = False
-        while True:
-            ctx = RunContext(nid, node_type, self.folders, self.workflow, self.interrupt,
-                             emit.for_node(node_type))
-            t0 = time.perf_counter()
-            token = activate(ctx)
-            try:
-                outputs = d.call(kwargs)
-            except (Interrupted, KeyboardInterrupt):
-                self.interrupt.set()
-                emit({"type": "interrupted", "node": nid, "node_type": node_type})
-                return None
-            except Exception as exc:  # noqa: BLE001 - any node failure becomes an event
-                if not retried and is_out_of_memory(exc):
-                    retried = True  # once: a second out-of-memory error is reported
-                    del exc
-                    self.free_memory()
-                    continue
-                error = {"node": nid, "node_type": node_type,
-                         "exception_type": type(exc).__name__, "message": str(exc),
-                         "traceback": "".join(traceback.format_exception(
-                             type(exc), exc, exc.__traceback__))}
-                emit({"type": "error", **error})
-                return error
-            finally:
-                deactivate(token)
-            emit({"type": "node_finished", "node": nid, "node_type": node_type,
-                  "seconds": time.perf_counter() - t0, "ui": ctx.ui})
-            return CacheEntry(outputs, ctx.ui, ctx.files)
