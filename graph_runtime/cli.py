@@ -20,6 +20,7 @@ folders and cache budgets become one `Executor`, which `run` uses and `serve` is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import signal
@@ -277,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["-h"], ["--help"]):
+        # The node library documents its own variables (e.g. the model hub's) on import.
+        with contextlib.suppress(Exception):
+            load_node_library(None)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
