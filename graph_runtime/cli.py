@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--output-dir", default="output")
     serve.add_argument("--models-dir", default=None,
-                       help="checkpoints folder (default: $NOODLE_MODELS_DIR or models/)")
+                       help="models folder (default: $NOODLE_MODELS_DIR or models/)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

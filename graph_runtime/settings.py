@@ -21,7 +21,7 @@ ENVIRONMENT: dict[str, str] = {
     "NOODLE_NODES": "node library module(s) to import, comma-separated (default: nodes)",
     "NOODLE_INPUT_DIR": "folder of uploaded and input images (default: ./input)",
     "NOODLE_TEMP_DIR": "folder for previews (default: temp beside the output folder)",
-    "NOODLE_MODELS_DIR": "folder of checkpoints and model folders (default: ./models)",
+    "NOODLE_MODELS_DIR": "folder of model files and folders (default: ./models)",
     "NOODLE_CACHE_CPU_BYTES": "output cache budget in RAM, e.g. 4G (default: 8G)",
     "NOODLE_CACHE_CUDA_BYTES": "output cache budget on the GPU (default: 60% of it)",
     "NOODLE_CACHE_MPS_BYTES": "output cache budget on Apple GPUs (default: 4G)",
@@ -45,7 +45,7 @@ def env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
 class Folders:
     """Where a run reads and writes files.
 
-    `output`: saved results; `input`: uploaded and input images; `models`: checkpoints;
+    `output`: saved results; `input`: uploaded and input images; `models`: model files;
     `user`: saved workflows and user data; `temp`: previews, beside the output folder
     unless set, so a run with its own output folder keeps its previews next to it.
     """

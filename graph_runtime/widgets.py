@@ -117,7 +117,7 @@ class Choice(Widget):
     """One of a list of strings.
 
     `options` may be a function of the run's `Folders`, for lists that come from a folder
-    (checkpoints, uploaded images); it is re-read each time the schema is exported, with
+    (model files, uploaded images); it is re-read each time the schema is exported, with
     the folders of the server or run that asks. `allow_other` accepts values outside the
     list (a path typed by hand). `upload` names what the canvas may upload into the input
     folder for this widget (today "image"), so the front end needs no list of such nodes.

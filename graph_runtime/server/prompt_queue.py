@@ -1,6 +1,6 @@
 """The prompt queue: one worker thread runs queued workflows with one shared executor.
 
-One worker, because a diffusion run uses the whole accelerator and because the executor's
+One worker, because a model run uses the whole accelerator and because the executor's
 cache is what makes the second run fast: every prompt, from every client, goes through the
 same `Executor` and therefore the same cache. A prompt that fails (or raises something
 unexpected) is recorded in the history and the worker carries on with the next one.
