@@ -249,14 +249,17 @@ class Registry:
         return definition
 
     def add_socket_type(self, socket: SocketType) -> SocketType:
-        """Register a socket type; registering the same one again (a reloaded module) is
-        allowed, a different one under a known name is an error."""
+        """Register a socket type. Several node libraries may declare one type (a node pack
+        reusing IMAGE); the first description stays, but a different colour or set of
+        accepted types under a known name is an error, since links would depend on order."""
         existing = self.socket_types.get(socket.name)
-        if existing is not None and existing != socket:
-            raise NodeDefinitionError(f"socket type {socket.name!r} registered twice, "
-                                      "differently")
-        self.socket_types[socket.name] = socket
-        return socket
+        if existing is None:
+            self.socket_types[socket.name] = socket
+            return socket
+        if (existing.color, existing.accepts) != (socket.color, socket.accepts):
+            raise NodeDefinitionError(f"socket type {socket.name!r} registered twice, with "
+                                      "different colours or accepted types")
+        return existing
 
     def accepts(self, expected: str, produced: str) -> bool:
         """Whether an output of type `produced` may be linked into an input of `expected`."""

@@ -1,26 +1,21 @@
 """Real-browser fixtures: the real server on a free loopback port (in a thread) and the
 system Chromium driven by Playwright.
 
-The node registry combines the shipped node library (when it imports) with the small test
-library from tests/server, so wiring and widget tests do not depend on the diffusion nodes.
+The node registry combines the shipped node library (when it imports) with the toy canvas
+nodes of tests/support, so wiring and widget tests do not depend on the diffusion nodes.
 The default workflow is the shipped `workflows/txt2img.json` when it, its nodes and the
 embedded model are all present; otherwise a small gradient workflow stands in for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
-import sys
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from graph_runtime import Folders
 from graph_runtime.executor import Executor
@@ -28,14 +23,9 @@ from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY, Registry
 from graph_runtime.server import create_app
 from graph_runtime.workflow import load_workflow
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from toy_nodes import image_workflow, make_registry  # noqa: E402
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ServerThread
+from tests.support.paths import MODELS, WORKFLOWS
+from tests.support.toy_nodes import CANVAS, image_workflow, toy_registry
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
@@ -49,7 +39,7 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 
 def combined_registry() -> tuple[Registry, bool]:
     """Test nodes plus the shipped library; second value: whether the latter loaded."""
-    reg = make_registry()
+    reg = toy_registry(CANVAS)
     try:
         importlib.import_module("nodes")
         loaded = True
@@ -66,52 +56,14 @@ def combined_registry() -> tuple[Registry, bool]:
 
 def real_default_workflow(reg: Registry) -> dict | None:
     """The shipped txt2img workflow when it can run here, else None."""
-    path = REPO / "workflows" / "txt2img.json"
-    if not path.is_file() or not (REPO / "models" / "noodle-tiny").exists():
+    path = WORKFLOWS / "txt2img.json"
+    if not path.is_file() or not (MODELS / "noodle-tiny").exists():
         return None
     try:
         wf = load_workflow(path)
     except ValueError:
         return None
     return None if validate(wf, reg) else json.loads(path.read_text())
-
-
-class ServerThread:
-    """The aiohttp app on 127.0.0.1:<free port>, run by its own event loop in a thread."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("the server did not start")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 @pytest.fixture(scope="session")
@@ -122,11 +74,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     shipped.mkdir()
     default = real_default_workflow(reg)
     if default is None:
-        default = image_workflow(steps=4)
-        default["name"] = "txt2img"
-        default["description"] = "Stand-in default workflow (test nodes)"
+        default = image_workflow(steps=4, name="txt2img",
+                                 description="Stand-in default workflow (test nodes)")
     (shipped / "txt2img.json").write_text(json.dumps(default))
-    folders = Folders(output=root / "output", input=root / "input", models=REPO / "models",
+    folders = Folders(output=root / "output", input=root / "input", models=MODELS,
                       user=root / "user", temp_dir=root / "temp")
     app = create_app(Executor(reg, folders=folders), workflows_dir=shipped)
     thread = ServerThread(app)

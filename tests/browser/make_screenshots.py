@@ -1,6 +1,6 @@
 """Regenerate the canvas screenshots in docs/ (not a test; run it by hand):
 
-    .venv/bin/python tests/browser/make_screenshots.py [--out docs]
+    .venv/bin/python -m tests.browser.make_screenshots [--out docs]
 
 Starts the real server with the shipped node library, workflows and embedded model on a
 free loopback port, opens the canvas in the system Chromium and captures: the default
@@ -19,13 +19,12 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, ServerThread  # noqa: E402
-
-from graph_runtime import Folders  # noqa: E402
-from graph_runtime.executor import Executor  # noqa: E402
-from graph_runtime.registry import REGISTRY  # noqa: E402
-from graph_runtime.server import create_app  # noqa: E402
+from graph_runtime import Folders
+from graph_runtime.executor import Executor
+from graph_runtime.registry import REGISTRY
+from graph_runtime.server import create_app
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ServerThread
+from tests.support.paths import REPO, WORKFLOWS
 
 SIZE = {"width": 1600, "height": 900}
 
@@ -40,7 +39,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="noodle-shots-"))
     folders = Folders.from_env(output=root / "output", input=root / "input",
                                temp=root / "temp", user=root / "user")
-    app = create_app(Executor(REGISTRY, folders=folders), workflows_dir=REPO / "workflows")
+    app = create_app(Executor(REGISTRY, folders=folders), workflows_dir=WORKFLOWS)
     server = ServerThread(app)
     server.start()
     try:

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.support.workflows import link, workflow_dict
+
 pytestmark = pytest.mark.browser
 
 
@@ -49,7 +51,7 @@ def test_page_loads_default_workflow_without_console_errors(page: Any, server: A
 def test_add_nodes_from_palette_and_search(page: Any) -> None:
     new_graph(page)
     page.fill(".palette-filter", "numb")
-    assert page.locator(".palette-item[data-type=Add]").is_hidden()
+    assert page.locator(".palette-item[data-type=AddInt]").is_hidden()
     page.click(".palette-item[data-type=Number]")
     assert types(page) == ["Number"]
     page.fill(".palette-filter", "")
@@ -71,7 +73,7 @@ def test_valid_link_connects_and_wrong_type_is_refused(page: Any) -> None:
     ed = "window.noodle.editor"
     num = page.evaluate(f"{ed}.addNode('Number', [80, 60])")
     grad = page.evaluate(f"{ed}.addNode('Gradient', [80, 260])")
-    add = page.evaluate(f"{ed}.addNode('Add', [480, 120])")
+    add = page.evaluate(f"{ed}.addNode('AddInt', [480, 120])")
     src = page.evaluate(f"{ed}.slotPosition('{num}', 'value', false)")
     dst = page.evaluate(f"{ed}.slotPosition('{add}', 'a', true)")
     drag(page, src, dst)
@@ -172,11 +174,10 @@ def test_dropping_a_saved_png_brings_its_workflow_back(page: Any, server: Any) -
 
 def test_invalid_workflow_shows_error_badges(page: Any) -> None:
     ed = "window.noodle.editor"
-    bad = {"format": "noodle.workflow", "version": 1, "name": "broken", "nodes": {
-        "1": {"type": "Gradient", "inputs": {"size": 4000},
-              "ui": {"pos": [100, 140], "size": [300, 300]}},
-        "2": {"type": "ShowInt", "inputs": {"value": {"from": "1", "output": "image"}},
-              "ui": {"pos": [520, 140], "size": [260, 120]}}}}
+    bad = workflow_dict({
+        "1": ("Gradient", {"size": 4000}, {"ui": {"pos": [100, 140], "size": [300, 300]}}),
+        "2": ("ShowInt", {"value": link("1", "image")},
+              {"ui": {"pos": [520, 140], "size": [260, 120]}})}, name="broken")
     page.evaluate("(doc) => window.noodle.loadDoc(doc, {fit: false})", bad)
     assert page.evaluate(f"{ed}.serialize()")["nodes"]["2"]["inputs"]["value"] == \
         {"from": "1", "output": "image"}  # the unconnectable link is kept as written
@@ -197,10 +198,10 @@ def test_invalid_workflow_shows_error_badges(page: Any) -> None:
 
 
 def test_run_error_is_shown_on_the_failing_node(page: Any) -> None:
-    doc = {"format": "noodle.workflow", "version": 1, "name": "fails", "nodes": {
-        "1": {"type": "Number", "inputs": {"value": 9}, "ui": {"pos": [80, 100]}},
-        "2": {"type": "Fail", "inputs": {"value": {"from": "1", "output": "value"}},
-              "ui": {"pos": [420, 100]}}}}
+    doc = workflow_dict({
+        "1": ("Number", {"value": 9}, {"ui": {"pos": [80, 100]}}),
+        "2": ("Fail", {"value": link("1", "value")}, {"ui": {"pos": [420, 100]}})},
+        name="fails")
     page.evaluate("(doc) => window.noodle.loadDoc(doc)", doc)
     page.keyboard.press("Control+Enter")
     page.wait_for_function("() => window.noodle.editor.errorsOf('2').length > 0")
@@ -210,21 +211,21 @@ def test_run_error_is_shown_on_the_failing_node(page: Any) -> None:
     assert page.evaluate("window.noodle.editor.errorsOf('1')") == []
 
 
-def test_save_rename_open_and_download(page: Any, server: Any) -> None:
+def name_workflow(page: Any, action: str, name: str) -> None:
+    """Save as or rename from the workflow menu, and wait until the title shows the name."""
     page.click("#workflow-button")
-    page.click("[data-action=save-as]")
-    page.fill(".modal-input", "my flow")
+    page.click(f"[data-action={action}]")
+    page.fill(".modal-input", name)
     page.keyboard.press("Enter")
     page.wait_for_function(
-        "() => document.querySelector('#workflow-name').textContent === 'my flow'")
+        f"() => document.querySelector('#workflow-name').textContent === {json.dumps(name)}")
+
+
+def test_save_rename_open_and_download(page: Any, server: Any) -> None:
+    name_workflow(page, "save-as", "my flow")
     listing = page.request.get(server.url + "/api/workflows").json()["workflows"]
     assert {"my flow", "txt2img"} <= {w["name"] for w in listing}
-    page.click("#workflow-button")
-    page.click("[data-action=rename]")
-    page.fill(".modal-input", "renamed")
-    page.keyboard.press("Enter")
-    page.wait_for_function(
-        "() => document.querySelector('#workflow-name').textContent === 'renamed'")
+    name_workflow(page, "rename", "renamed")
     names = {(w["name"], w["source"])
              for w in page.request.get(server.url + "/api/workflows").json()["workflows"]}
     assert ("renamed", "user") in names and ("my flow", "user") not in names
@@ -250,14 +251,14 @@ def test_save_rename_open_and_download(page: Any, server: Any) -> None:
 
 
 def test_dropping_a_workflow_json_opens_it(page: Any) -> None:
-    doc = {"format": "noodle.workflow", "version": 1, "name": "dropped", "nodes": {
-        "7": {"type": "Number", "inputs": {"value": 11}, "ui": {"pos": [50, 50]}},
-        "8": {"type": "ShowInt", "inputs": {"value": {"from": "7", "output": "value"}},
-              "ui": {"pos": [400, 50], "title": "Shown"}, "note": "kept"},
-        "9": {"type": "FromTheFuture", "inputs": {"x": {"from": "7", "output": "value"},
-                                                   "y": 2}, "ui": {"pos": [50, 300]}}},
-        "ui": {"groups": [{"title": "G", "bounding": [0, 0, 700, 300], "color": "#335"}]},
-        "extra_top": [1, 2]}
+    doc = workflow_dict({
+        "7": ("Number", {"value": 11}, {"ui": {"pos": [50, 50]}}),
+        "8": ("ShowInt", {"value": link("7", "value")},
+              {"ui": {"pos": [400, 50], "title": "Shown"}, "note": "kept"}),
+        "9": ("FromTheFuture", {"x": link("7", "value"), "y": 2}, {"ui": {"pos": [50, 300]}})},
+        name="dropped",
+        ui={"groups": [{"title": "G", "bounding": [0, 0, 700, 300], "color": "#335"}]},
+        extra_top=[1, 2])
     page.evaluate("""(text) => {
         const dt = new DataTransfer();
         dt.items.add(new File([text], "dropped.json", {type: "application/json"}));
@@ -297,11 +298,10 @@ def test_upload_image_into_a_load_image_node(page: Any, server: Any, tmp_path: A
 
 
 def test_running_node_progress_preview_and_stop(page: Any) -> None:
-    doc = {"format": "noodle.workflow", "version": 1, "name": "slow", "nodes": {
-        "1": {"type": "Gradient", "inputs": {"steps": 150, "delay": 0.03, "seed": 5},
-              "ui": {"pos": [80, 80], "size": [300, 420]}},
-        "2": {"type": "SavePicture", "inputs": {"image": {"from": "1", "output": "image"}},
-              "ui": {"pos": [440, 80]}}}}
+    doc = workflow_dict({"1": ("Gradient", {"steps": 150, "delay": 0.03, "seed": 5},
+                               {"ui": {"pos": [80, 80], "size": [300, 420]}}),
+                         "2": ("SavePicture", {"image": link("1", "image")},
+                               {"ui": {"pos": [440, 80]}})}, name="slow")
     page.evaluate("(doc) => window.noodle.loadDoc(doc)", doc)
     page.click("#queue")
     page.wait_for_function("""() => {

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from dm_helpers import rel_err
 from safetensors.torch import load_file
 
 from nodes.diffusion import hub
@@ -22,14 +21,15 @@ from nodes.diffusion.checkpoints import (
 from nodes.diffusion.devices import pick_device, pick_dtype
 from nodes.diffusion.hub import ModelNotFoundError
 from nodes.diffusion.storage import WeightsError
+from tests.support.tiny_models import TinyModel, rel_err
 
 TOL = 1e-5
 
 
-def test_diffusers_folder_matches_diffusers(tiny_sd) -> None:  # noqa: ANN001
-    pipe = tiny_sd.pipe
-    comps = load_components(tiny_sd.folder, dtype="fp32", device="cpu")
-    assert comps.kind == "sd" and comps.source == str(tiny_sd.folder)
+def test_diffusers_folder_matches_diffusers(tiny_sd1: TinyModel) -> None:
+    pipe = tiny_sd1.pipe
+    comps = load_components(tiny_sd1.folder, dtype="fp32", device="cpu")
+    assert comps.kind == "sd" and comps.source == str(tiny_sd1.folder)
     assert comps.scheduler_config["_class_name"] == "PNDMScheduler"
     assert comps.scheduler_config["steps_offset"] == 1
     gen = torch.Generator().manual_seed(0)
@@ -44,17 +44,17 @@ def test_diffusers_folder_matches_diffusers(tiny_sd) -> None:  # noqa: ANN001
     assert not comps.unet.training
 
 
-def test_weights_are_memory_mapped_not_copied(tiny_sd) -> None:  # noqa: ANN001
-    comps = load_components(tiny_sd.folder, dtype="fp32", device="cpu")
+def test_weights_are_memory_mapped_not_copied(tiny_sd1: TinyModel) -> None:
+    comps = load_components(tiny_sd1.folder, dtype="fp32", device="cpu")
     storage = comps.unet.conv_in.weight.untyped_storage()
     assert not storage.resizable()  # a view of the mapped file, not an allocation
 
 
-def test_dtypes_and_vae_upcast(tiny_sd) -> None:  # noqa: ANN001
-    comps = load_components(tiny_sd.folder, dtype="bf16", device="cpu")
+def test_dtypes_and_vae_upcast(tiny_sd1: TinyModel) -> None:
+    comps = load_components(tiny_sd1.folder, dtype="bf16", device="cpu")
     assert comps.unet.dtype == torch.bfloat16 and comps.vae.dtype == torch.bfloat16
     assert comps.text_encoder.dtype == torch.bfloat16
-    comps = load_components(tiny_sd.folder, dtype="fp16", device="cpu")
+    comps = load_components(tiny_sd1.folder, dtype="fp16", device="cpu")
     assert comps.unet.dtype == torch.float16 and comps.vae.dtype == torch.float16
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert pick_dtype("auto", torch.device("cuda")) == torch.float16
@@ -68,8 +68,8 @@ def test_dtypes_and_vae_upcast(tiny_sd) -> None:  # noqa: ANN001
             pick_device("cuda")
 
 
-def test_ddpm_folder_is_unet2d(tiny_ddpm) -> None:  # noqa: ANN001
-    folder, ref = tiny_ddpm
+def test_ddpm_folder_is_unet2d(tiny_ddpm: TinyModel) -> None:
+    folder, ref = tiny_ddpm.folder, tiny_ddpm.pipe.unet
     comps = load_components(folder, device="cpu")
     assert comps.kind == "unet2d"
     assert comps.tokenizer is None and comps.text_encoder is None and comps.vae is None
@@ -79,9 +79,9 @@ def test_ddpm_folder_is_unet2d(tiny_ddpm) -> None:  # noqa: ANN001
         assert rel_err(comps.unet(x, 50), ref(x, 50).sample) < TOL
 
 
-def test_ddpm_root_layout_and_bin_weights(tiny_ddpm, tmp_path: Path) -> None:  # noqa: ANN001
+def test_ddpm_root_layout_and_bin_weights(tiny_ddpm: TinyModel, tmp_path: Path) -> None:
     """google/ddpm-cat-256 keeps config, .bin weights and scheduler config at its root."""
-    folder, ref = tiny_ddpm
+    folder, ref = tiny_ddpm.folder, tiny_ddpm.pipe.unet
     root = tmp_path / "ddpm-root"
     root.mkdir()
     shutil.copy(folder / "unet" / "config.json", root / "config.json")
@@ -99,24 +99,24 @@ def test_ddpm_root_layout_and_bin_weights(tiny_ddpm, tmp_path: Path) -> None:  #
         assert rel_err(comps.unet(x, 3), ref(x, 3).sample) < TOL
 
 
-def test_list_and_resolve_models(tiny_sd, tmp_path: Path) -> None:  # noqa: ANN001
+def test_list_and_resolve_models(tiny_sd1: TinyModel, tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copytree(tiny_sd.folder, models / "my-sd")
+    shutil.copytree(tiny_sd1.folder, models / "my-sd")
     (models / "a.safetensors").write_bytes(b"")
     (models / "b.ckpt").write_bytes(b"")
     (models / "notes.txt").write_text("x")
     (models / "checkpoints").mkdir()
     (models / "checkpoints" / "c.safetensors").write_bytes(b"")
     (models / "org").mkdir()
-    shutil.copytree(tiny_sd.folder, models / "org" / "name")
+    shutil.copytree(tiny_sd1.folder, models / "org" / "name")
     assert list_models(models) == ["a.safetensors", "b.ckpt", "checkpoints/c.safetensors",
                                    "my-sd", "org/name"]
     assert list_models(tmp_path / "missing") == []
     assert resolve_source("my-sd", models) == models / "my-sd"
     # A local name shadows the hub id with the same spelling.
     assert resolve_source("org/name", models) == models / "org" / "name"
-    assert resolve_source(str(tiny_sd.folder), models) == tiny_sd.folder
+    assert resolve_source(str(tiny_sd1.folder), models) == tiny_sd1.folder
     with pytest.raises(ModelNotFoundError, match="my-sd"):
         resolve_source("nothing-here", models)
     assert load_scheduler_config("my-sd", models)["_class_name"] == "PNDMScheduler"
@@ -134,15 +134,16 @@ def _hub_cache(tmp_path: Path, src: Path, repo: str) -> Path:
     return cache
 
 
-def test_hub_cache_offline(tiny_sd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    cache = _hub_cache(tmp_path, tiny_sd.folder, "acme/tiny-sd")
+def test_hub_cache_offline(tiny_sd1: TinyModel, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = _hub_cache(tmp_path, tiny_sd1.folder, "acme/tiny-sd")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     comps = load_components("acme/tiny-sd", device="cpu", models_dir=tmp_path / "none")
     assert comps.kind == "sd" and comps.source == "acme/tiny-sd"
     x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 3, 64)
     with torch.no_grad():
-        assert rel_err(comps.unet(x, 1, ctx), tiny_sd.pipe.unet(x, 1, ctx).sample) < TOL
+        assert rel_err(comps.unet(x, 1, ctx), tiny_sd1.pipe.unet(x, 1, ctx).sample) < TOL
     with pytest.raises(ModelNotFoundError) as info:
         load_components("acme/not-cached", device="cpu", models_dir=tmp_path / "none")
     message = str(info.value)
@@ -163,9 +164,9 @@ def test_hub_download_selection() -> None:
     assert not hub.looks_like_repo_id("./models/x") and not hub.looks_like_repo_id("x")
 
 
-def test_mismatched_weights_are_reported(tiny_sd, tmp_path: Path) -> None:  # noqa: ANN001
+def test_mismatched_weights_are_reported(tiny_sd1: TinyModel, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(tiny_sd.folder, broken)
+    shutil.copytree(tiny_sd1.folder, broken)
     config = json.loads((broken / "unet" / "config.json").read_text())
     config["layers_per_block"] = 1
     (broken / "unet" / "config.json").write_text(json.dumps(config))

@@ -5,33 +5,35 @@ from __future__ import annotations
 import copy
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from dm_helpers import UNET2D_CONFIGS, UNET_COND_CONFIGS, VAE_CONFIGS, rel_err
 
 from nodes.diffusion.checkpoints import load_model_folder
 from nodes.diffusion.unet import UNet2DConditionModel
 from nodes.diffusion.unet2d import UNet2DModel
 from nodes.diffusion.vae import AutoencoderKL
+from tests.support.model_configs import UNET2D_CONFIGS, UNET_COND_CONFIGS, VAE_CONFIGS
+from tests.support.tiny_models import rel_err
 
 TOL = 1e-5
 
 
-def _saved(model: torch.nn.Module, tmp_path: Path) -> Path:
-    folder = tmp_path / "model"
-    model.save_pretrained(str(folder))
-    return folder
+def _pair(kind: str, ours_cls: type, cfg: dict[str, Any], tmp_path: Path) -> tuple[Any, Any]:
+    """diffusers' model `kind` with seed-0 random weights, and ours loaded from its folder."""
+    import diffusers
+
+    torch.manual_seed(0)
+    ref = getattr(diffusers, kind)(**cfg).eval()
+    ref.save_pretrained(str(tmp_path / "model"))
+    return ref, load_model_folder(tmp_path / "model", ours_cls, None, "cpu")
 
 
 @pytest.mark.parametrize("name", sorted(UNET_COND_CONFIGS))
 def test_unet_condition_matches_diffusers(name: str, tmp_path: Path) -> None:
-    import diffusers
-
     cfg = UNET_COND_CONFIGS[name]
-    torch.manual_seed(0)
-    ref = diffusers.UNet2DConditionModel(**cfg).eval()
-    ours = load_model_folder(_saved(ref, tmp_path), UNet2DConditionModel, None, "cpu")
+    ref, ours = _pair("UNet2DConditionModel", UNet2DConditionModel, cfg, tmp_path)
     assert dict(ours.config)["block_out_channels"] == tuple(cfg["block_out_channels"])
     gen = torch.Generator().manual_seed(1)
     c_in = cfg.get("in_channels", 4)
@@ -54,12 +56,8 @@ def test_unet_condition_matches_diffusers(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(UNET2D_CONFIGS))
 def test_unet2d_matches_diffusers(name: str, tmp_path: Path) -> None:
-    import diffusers
-
     cfg = UNET2D_CONFIGS[name]
-    torch.manual_seed(0)
-    ref = diffusers.UNet2DModel(**cfg).eval()
-    ours = load_model_folder(_saved(ref, tmp_path), UNet2DModel, None, "cpu")
+    ref, ours = _pair("UNet2DModel", UNet2DModel, cfg, tmp_path)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, cfg.get("in_channels", 3), 16, 16, generator=gen)
     for t in (torch.tensor([10, 990]), 500):
@@ -69,12 +67,8 @@ def test_unet2d_matches_diffusers(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(VAE_CONFIGS))
 def test_vae_matches_diffusers(name: str, tmp_path: Path) -> None:
-    import diffusers
-
     cfg = VAE_CONFIGS[name]
-    torch.manual_seed(0)
-    ref = diffusers.AutoencoderKL(**cfg).eval()
-    ours = load_model_folder(_saved(ref, tmp_path), AutoencoderKL, None, "cpu")
+    ref, ours = _pair("AutoencoderKL", AutoencoderKL, cfg, tmp_path)
     assert ours.config["scaling_factor"] == ref.config.scaling_factor
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, cfg.get("in_channels", 3), 32, 32, generator=gen)
@@ -93,27 +87,19 @@ def test_vae_matches_diffusers(name: str, tmp_path: Path) -> None:
 
 def test_vae_banded_decode_matches_diffusers(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import diffusers
-
     from nodes.diffusion.resnet import Upsample2D
 
     monkeypatch.setattr(Upsample2D, "BAND_MIN_PIXELS", 1)
     monkeypatch.setattr(Upsample2D, "BAND_ROWS", 3)
-    torch.manual_seed(0)
-    ref = diffusers.AutoencoderKL(**VAE_CONFIGS["groups8_no_quant"]).eval()
-    ours = load_model_folder(_saved(ref, tmp_path), AutoencoderKL, None, "cpu")
+    ref, ours = _pair("AutoencoderKL", AutoencoderKL, VAE_CONFIGS["groups8_no_quant"], tmp_path)
     z = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         assert rel_err(ours.decode(z), ref.decode(z).sample) < TOL
 
 
 def test_vae_slicing_and_tiling_match_diffusers(tmp_path: Path) -> None:
-    import diffusers
-
     cfg = dict(VAE_CONFIGS["sd_like"], sample_size=16)
-    torch.manual_seed(0)
-    ref = diffusers.AutoencoderKL(**cfg).eval()
-    ours = load_model_folder(_saved(ref, tmp_path), AutoencoderKL, None, "cpu")
+    ref, ours = _pair("AutoencoderKL", AutoencoderKL, cfg, tmp_path)
     gen = torch.Generator().manual_seed(4)
     z = torch.randn(3, 4, 19, 14, generator=gen)   # several overlapping 8x8 latent tiles
     x = torch.randn(2, 3, 40, 28, generator=gen)

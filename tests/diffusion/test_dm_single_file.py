@@ -1,8 +1,8 @@
 """Single-file (original LDM layout) checkpoints.
 
 The file is exported from a diffusers model with the key tables of diffusers' own
-conversion script (dm_helpers). It must load through diffusers' single-file converter and
-through ours, both giving the original model's outputs.
+conversion script (tests.support.ldm_export). It must load through diffusers' single-file
+converter and through ours, both giving the original model's outputs.
 """
 
 from __future__ import annotations
@@ -11,31 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from dm_helpers import SF_UNET, SF_VAE, rel_err, unet_to_ldm, vae_to_ldm
 from safetensors.torch import save_file
 
 from nodes.diffusion.checkpoints import load_components, load_scheduler_config, load_vae
 from nodes.diffusion.storage import WeightsError
+from tests.support.ldm_export import export_single_file, vae_to_ldm
+from tests.support.model_configs import SD1_UNET, SD1_VAE
+from tests.support.tiny_models import TinyModel, rel_err
 
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def ldm_file(tiny_sd, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    pipe = tiny_sd.pipe
-    state = {}
-    state.update(unet_to_ldm(pipe.unet.state_dict(), dict(pipe.unet.config)))
-    state.update(vae_to_ldm(pipe.vae.state_dict(), dict(pipe.vae.config)))
-    for key, value in pipe.text_encoder.state_dict().items():
-        # SD1.x files store transformers' pre-5.0 names (with the text_model. prefix).
-        plain = key.removeprefix("text_model.")
-        state[f"cond_stage_model.transformer.text_model.{plain}"] = value
-    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = (
-        torch.arange(77)[None].float()
-    )
-    path = tmp_path_factory.mktemp("single") / "tiny-sd1.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
+def ldm_file(tiny_sd1: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_single_file(tiny_sd1.pipe,
+                              tmp_path_factory.mktemp("single") / "tiny-sd1.safetensors")
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -44,7 +34,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             torch.randn(1, 4, 8, 8, generator=gen))
 
 
-def test_export_is_valid_for_diffusers_converter(tiny_sd, ldm_file: Path) -> None:  # noqa: ANN001
+def test_export_is_valid_for_diffusers_converter(tiny_sd1: TinyModel, ldm_file: Path) -> None:
     """Diffusers' own LDM importer reproduces the original from the file."""
     import diffusers
     from diffusers.loaders.single_file_utils import (
@@ -54,7 +44,7 @@ def test_export_is_valid_for_diffusers_converter(tiny_sd, ldm_file: Path) -> Non
     from safetensors.torch import load_file
 
     ckpt = load_file(str(ldm_file))
-    pipe = tiny_sd.pipe
+    pipe = tiny_sd1.pipe
     unet = diffusers.UNet2DConditionModel(**dict(pipe.unet.config)).eval()
     unet.load_state_dict(convert_ldm_unet_checkpoint(ckpt, dict(pipe.unet.config)))
     vae = diffusers.AutoencoderKL(**dict(pipe.vae.config)).eval()
@@ -65,14 +55,14 @@ def test_export_is_valid_for_diffusers_converter(tiny_sd, ldm_file: Path) -> Non
         assert rel_err(vae.decode(z).sample, pipe.vae.decode(z).sample) < TOL
 
 
-def test_single_file_loads_to_original_outputs(tiny_sd, ldm_file: Path) -> None:  # noqa: ANN001
-    pipe = tiny_sd.pipe
+def test_single_file_loads_to_original_outputs(tiny_sd1: TinyModel, ldm_file: Path) -> None:
+    pipe = tiny_sd1.pipe
     comps = load_components(str(ldm_file), dtype="fp32", device="cpu")
     assert comps.kind == "sd"
     assert comps.unet.config["cross_attention_dim"] == 64
     assert comps.unet.config["layers_per_block"] == 2
-    assert comps.unet.config["down_block_types"] == tuple(SF_UNET["down_block_types"])
-    assert comps.vae.config["block_out_channels"] == tuple(SF_VAE["block_out_channels"])
+    assert comps.unet.config["down_block_types"] == tuple(SD1_UNET["down_block_types"])
+    assert comps.vae.config["block_out_channels"] == tuple(SD1_VAE["block_out_channels"])
     assert comps.scheduler_config["_class_name"] == "PNDMScheduler"
     assert comps.tokenizer is not None and comps.tokenizer.model_max_length == 77
     x, ctx, z = _inputs()
@@ -90,9 +80,9 @@ def test_single_file_loads_to_original_outputs(tiny_sd, ldm_file: Path) -> None:
     assert load_scheduler_config(str(ldm_file))["beta_schedule"] == "scaled_linear"
 
 
-def test_vae_alone_in_either_layout(tiny_sd, tmp_path: Path) -> None:  # noqa: ANN001
+def test_vae_alone_in_either_layout(tiny_sd1: TinyModel, tmp_path: Path) -> None:
     """Standalone VAE files (e.g. sd-vae-ft-mse) ship in the LDM or the diffusers layout."""
-    vae_ref = tiny_sd.pipe.vae
+    vae_ref = tiny_sd1.pipe.vae
     ldm = {k.removeprefix("first_stage_model."): v.contiguous()
            for k, v in vae_to_ldm(vae_ref.state_dict(), dict(vae_ref.config)).items()}
     save_file(ldm, str(tmp_path / "vae-ldm.safetensors"))

@@ -134,8 +134,9 @@ def test_missing_tokenizer_files(tmp_path: Path) -> None:
 
 
 def test_text_encoder_with_and_without_prefix(tmp_path: Path) -> None:
-    from dm_helpers import tiny_text_config
     from safetensors.torch import load_file, save_file
+
+    from tests.support.model_configs import tiny_text_config
 
     torch.manual_seed(0)
     ref = CLIPTextModel(tiny_text_config()).eval()

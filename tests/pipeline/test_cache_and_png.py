@@ -17,8 +17,9 @@ from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
 from graph_runtime.workflow import apply_overrides, load_workflow
 from nodes import loaders
-
-from .conftest import IMAGE_SIZE, run, shipped
+from tests.support.model_configs import IMAGE_SIZE
+from tests.support.tiny_models import TinyModel
+from tests.support.workflows import add_nodes, link, run, shipped
 
 
 @pytest.fixture
@@ -41,35 +42,35 @@ def small_txt2img(source: Path, *extra: str):  # type: ignore[no-untyped-def]
 
 
 def test_seed_change_reruns_only_noise_denoise_decode_save(
-        tiny_sd_dir: Path, tmp_path: Path, load_count: list[str]) -> None:
+        tiny_sd: TinyModel, tmp_path: Path, load_count: list[str]) -> None:
     ex = Executor(REGISTRY, OutputCache())
-    first = run(ex, small_txt2img(tiny_sd_dir), tmp_path)
+    first = run(ex, small_txt2img(tiny_sd.folder), tmp_path)
     assert sorted(first.executed, key=int) == ["1", "2", "3", "4", "5", "6", "7"]
     unet = first.outputs["1"]["unet"]
     assert type(unet.model).__module__.startswith("nodes.diffusion")
     params = sum(t.numel() * t.element_size() for t in unet.model.parameters())
     assert measure(unet)["cpu"] >= params  # models count in the cache by their weights
 
-    again = run(ex, small_txt2img(tiny_sd_dir, "4.seed=123"), tmp_path)
+    again = run(ex, small_txt2img(tiny_sd.folder, "4.seed=123"), tmp_path)
     assert sorted(again.executed, key=int) == ["4", "5", "6", "7"]
     assert "1" in again.cached
     assert again.outputs["1"]["unet"] is unet
-    assert load_count == [str(tiny_sd_dir)]
+    assert load_count == [str(tiny_sd.folder)]
     assert not np.array_equal(first.outputs["6"]["images"].pixels,
                               again.outputs["6"]["images"].pixels)
 
-    prompt = run(ex, small_txt2img(tiny_sd_dir, "4.seed=123", "2.text=a green square"),
+    prompt = run(ex, small_txt2img(tiny_sd.folder, "4.seed=123", "2.text=a green square"),
                  tmp_path)
     assert sorted(prompt.executed, key=int) == ["2", "5", "6", "7"]
-    assert load_count == [str(tiny_sd_dir)]
+    assert load_count == [str(tiny_sd.folder)]
 
 
-def test_edited_weights_invalidate_the_loader(tiny_sd_dir: Path, tmp_path: Path) -> None:
+def test_edited_weights_invalidate_the_loader(tiny_sd: TinyModel, tmp_path: Path) -> None:
     """The loader's fingerprint covers the files: touching a weight file reloads."""
     ex = Executor(REGISTRY, OutputCache())
-    wf = small_txt2img(tiny_sd_dir)
+    wf = small_txt2img(tiny_sd.folder)
     before = ex.signatures(wf, output_dir=tmp_path)["1"]
-    weights = next((tiny_sd_dir / "unet").glob("*.safetensors"))
+    weights = next((tiny_sd.folder / "unet").glob("*.safetensors"))
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     try:
@@ -79,9 +80,9 @@ def test_edited_weights_invalidate_the_loader(tiny_sd_dir: Path, tmp_path: Path)
 
 
 def test_png_carries_a_workflow_that_reruns_to_the_same_image(
-        tiny_sd_dir: Path, tmp_path: Path) -> None:
+        tiny_sd: TinyModel, tmp_path: Path) -> None:
     out1, out2 = tmp_path / "first", tmp_path / "second"
-    result = run(Executor(REGISTRY, OutputCache()), small_txt2img(tiny_sd_dir, "4.seed=5"),
+    result = run(Executor(REGISTRY, OutputCache()), small_txt2img(tiny_sd.folder, "4.seed=5"),
                  out1)
     (png,) = result.files
     assert Path(png).name == "txt2img_00001_.png"
@@ -97,10 +98,10 @@ def test_png_carries_a_workflow_that_reruns_to_the_same_image(
         assert np.array_equal(np.asarray(img.convert("RGB")), pixels)
 
 
-def test_save_never_overwrites(tiny_sd_dir: Path, tmp_path: Path) -> None:
+def test_save_never_overwrites(tiny_sd: TinyModel, tmp_path: Path) -> None:
     ex = Executor(REGISTRY, OutputCache())
     (tmp_path / "txt2img_00007_.png").write_bytes(b"not mine")
-    wf = small_txt2img(tiny_sd_dir, "4.batch_size=2")
+    wf = small_txt2img(tiny_sd.folder, "4.batch_size=2")
     names = [Path(f).name for f in run(ex, wf, tmp_path).files]
     assert names == ["txt2img_00008_.png", "txt2img_00009_.png"]
     apply_overrides(wf, ["4.seed=1"])
@@ -109,12 +110,11 @@ def test_save_never_overwrites(tiny_sd_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "txt2img_00007_.png").read_bytes() == b"not mine"
 
 
-def test_preview_image_writes_to_the_temp_folder(tiny_sd_dir: Path, tmp_path: Path,
+def test_preview_image_writes_to_the_temp_folder(tiny_sd: TinyModel, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOODLE_TEMP_DIR", str(tmp_path / "temp"))
-    wf = small_txt2img(tiny_sd_dir)
-    wf.nodes["7"] = {"type": "PreviewImage", "inputs": {"images": {"from": "6",
-                                                                    "output": "images"}}}
+    wf = small_txt2img(tiny_sd.folder)
+    add_nodes(wf, {"7": ("PreviewImage", {"images": link("6", "images")})})
     result = run(Executor(REGISTRY, OutputCache()), wf, tmp_path / "output")
     (path,) = result.files
     assert Path(path).parent == tmp_path / "temp" and Path(path).is_file()

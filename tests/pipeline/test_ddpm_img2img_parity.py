@@ -15,24 +15,22 @@ from graph_runtime.executor import Executor, WorkflowInvalid
 from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
 from nodes.diffusion.schedulers import SCHEDULER_NAMES
-
-from .conftest import IMAGE_SIZE, run, shipped
+from tests.support.model_configs import IMAGE_SIZE
+from tests.support.tiny_models import TinyModel, reference_pipeline
+from tests.support.workflows import add_nodes, link, run, shipped
 
 TOLERANCE = 1 / 255
 
 
-def test_ddpm_equals_diffusers(tiny_ddpm_dir: Path, executor: Executor,
+def test_ddpm_equals_diffusers(tiny_ddpm: TinyModel, executor: Executor,
                                tmp_path: Path) -> None:
-    from diffusers import DDPMPipeline
-
     seed, steps, batch = 3, 5, 2
     wf = shipped("ddpm_unconditional.json", [
-        f"1.source={tiny_ddpm_dir}", f"2.seed={seed}", f"2.batch_size={batch}",
+        f"1.source={tiny_ddpm.folder}", f"2.seed={seed}", f"2.batch_size={batch}",
         "2.width=16", "2.height=16", f"3.steps={steps}"])
     ours = run(executor, wf, tmp_path).outputs["4"]["images"].pixels.numpy()
 
-    pipe = DDPMPipeline.from_pretrained(tiny_ddpm_dir)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline("DDPMPipeline", tiny_ddpm.folder)
     gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
     theirs = pipe(batch_size=batch, generator=gens, num_inference_steps=steps,
                   output_type="np").images
@@ -43,11 +41,11 @@ def test_ddpm_equals_diffusers(tiny_ddpm_dir: Path, executor: Executor,
     assert float(np.abs(theirs[0] - theirs[1]).max()) > 0.05
 
 
-def test_ddpm_absent_components_are_validation_errors(tiny_ddpm_dir: Path,
+def test_ddpm_absent_components_are_validation_errors(tiny_ddpm: TinyModel,
                                                       executor: Executor) -> None:
     """Wiring the VAE or text encoder of an unconditional repository is reported before
     anything runs, naming the node and input."""
-    wf = shipped("txt2img.json", [f"1.source={tiny_ddpm_dir}"])
+    wf = shipped("txt2img.json", [f"1.source={tiny_ddpm.folder}"])
     errors = validate(wf, REGISTRY)
     absent = {(e["node"], e["input"]) for e in errors if e["code"] == "absent_output"}
     assert ("4", "vae") in absent and ("6", "vae") in absent
@@ -57,9 +55,9 @@ def test_ddpm_absent_components_are_validation_errors(tiny_ddpm_dir: Path,
         executor.run(wf)
 
 
-def test_conditional_unet_needs_positive(tiny_sd_dir: Path, executor: Executor,
+def test_conditional_unet_needs_positive(tiny_sd: TinyModel, executor: Executor,
                                          tmp_path: Path) -> None:
-    wf = shipped("txt2img.json", [f"1.source={tiny_sd_dir}", "4.width=32", "4.height=32",
+    wf = shipped("txt2img.json", [f"1.source={tiny_sd.folder}", "4.width=32", "4.height=32",
                                   "5.steps=2"])
     del wf.nodes["5"]["inputs"]["positive"]
     result = executor.run(wf, output_dir=tmp_path)
@@ -69,13 +67,8 @@ def test_conditional_unet_needs_positive(tiny_sd_dir: Path, executor: Executor,
 
 
 @pytest.fixture(scope="module")
-def img2img_pipeline(tiny_sd_dir: Path):
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-        tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def img2img_pipeline(tiny_sd: TinyModel):
+    return reference_pipeline("StableDiffusionImg2ImgPipeline", tiny_sd.folder)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +84,7 @@ def init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-def test_img2img_equals_diffusers(scheduler: str, tiny_sd_dir: Path, init_image: Path,
+def test_img2img_equals_diffusers(scheduler: str, tiny_sd: TinyModel, init_image: Path,
                                   img2img_pipeline, executor: Executor,
                                   tmp_path: Path) -> None:
     import diffusers
@@ -99,13 +92,12 @@ def test_img2img_equals_diffusers(scheduler: str, tiny_sd_dir: Path, init_image:
     seed, steps, strength, guidance = 11, 5, 0.6, 5.0
     prompt, negative = "a blue circle", "a red square"
     wf = shipped("img2img.json", [
-        f"1.source={tiny_sd_dir}", f"2.path={init_image}", f"3.seed={seed}",
+        f"1.source={tiny_sd.folder}", f"2.path={init_image}", f"3.seed={seed}",
         f"4.text={prompt}", f"5.text={negative}", f"6.steps={steps}",
         f"6.strength={strength}", f"6.guidance_scale={guidance}"])
-    wf.nodes["9"] = {"type": "SwapScheduler",
-                     "inputs": {"scheduler": {"from": "1", "output": "scheduler"},
-                                "type": scheduler}}
-    wf.nodes["6"]["inputs"]["scheduler"] = {"from": "9", "output": "scheduler"}
+    add_nodes(wf, {"9": ("SwapScheduler", {"scheduler": link("1", "scheduler"),
+                                           "type": scheduler})})
+    wf.nodes["6"]["inputs"]["scheduler"] = link("9", "scheduler")
     ours = run(executor, wf, tmp_path).outputs["7"]["images"].pixels.numpy()
 
     pipe = img2img_pipeline

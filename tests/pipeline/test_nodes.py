@@ -18,15 +18,17 @@ from graph_runtime.registry import REGISTRY
 from nodes import images as image_nodes
 from nodes import latents as latent_nodes
 from nodes import loaders, sampling, settings, text
+from nodes.diffusion.clip import SHIPPED_TOKENIZER
 from nodes.previews import fit_projection, latent_to_rgb
 from nodes.types import Image
-
-from .conftest import CLIP_VOCAB, IMAGE_SIZE, run, shipped
+from tests.support.model_configs import IMAGE_SIZE
+from tests.support.tiny_models import TinyModel
+from tests.support.workflows import run, shipped
 
 
 @pytest.fixture(scope="module")
-def parts(tiny_sd_dir: Path) -> Any:
-    return loaders.load_pipeline(str(tiny_sd_dir), dtype="fp32", device="cpu")
+def parts(tiny_sd: TinyModel) -> Any:
+    return loaders.load_pipeline(str(tiny_sd.folder), dtype="fp32", device="cpu")
 
 
 def denoise(unet: Any, scheduler: Any, positive: Any, *, latents: Any, steps: int,
@@ -47,7 +49,7 @@ def test_prompt_lines_become_a_batch() -> None:
 def test_tokenize_pads_to_77_and_truncates(parts: Any) -> None:
     from transformers import CLIPTokenizer
 
-    ref = CLIPTokenizer.from_pretrained(str(CLIP_VOCAB))
+    ref = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER))
     long = " ".join(["red"] * 100)
     tokens = text.tokenize(parts.tokenizer, f"a red circle\n{long}", batch=True)
     assert tuple(tokens.input_ids.shape) == (2, 77)
@@ -75,11 +77,11 @@ def test_batch_rules(parts: Any) -> None:
         latent_nodes.random_latents(parts.unet, parts.vae, 33, 32, 1, 0)
 
 
-def test_scheduler_state_never_leaks_between_runs(tiny_sd_dir: Path, tmp_path: Path) -> None:
+def test_scheduler_state_never_leaks_between_runs(tiny_sd: TinyModel, tmp_path: Path) -> None:
     """A multistep solver keeps history; the cached Scheduler value is a description, so
     seed A, then seed B, then seed A again gives A's image exactly."""
     ex = Executor(REGISTRY, OutputCache())
-    base = [f"1.source={tiny_sd_dir}", "2.type=DPMSolverMultistepScheduler",
+    base = [f"1.source={tiny_sd.folder}", "2.type=DPMSolverMultistepScheduler",
             f"7.width={IMAGE_SIZE}", f"7.height={IMAGE_SIZE}", "8.steps=3"]
     a = run(ex, shipped("txt2img_stages.json", base + ["7.seed=1"]), tmp_path)
     run(ex, shipped("txt2img_stages.json", base + ["7.seed=2"]), tmp_path)
@@ -88,9 +90,9 @@ def test_scheduler_state_never_leaks_between_runs(tiny_sd_dir: Path, tmp_path: P
     assert torch.equal(a.outputs["9"]["images"].pixels, a2.outputs["9"]["images"].pixels)
 
 
-def test_progress_previews_and_interrupt(tiny_sd_dir: Path, tmp_path: Path) -> None:
+def test_progress_previews_and_interrupt(tiny_sd: TinyModel, tmp_path: Path) -> None:
     ex = Executor(REGISTRY, OutputCache())
-    wf = shipped("txt2img.json", [f"1.source={tiny_sd_dir}", f"4.width={IMAGE_SIZE}",
+    wf = shipped("txt2img.json", [f"1.source={tiny_sd.folder}", f"4.width={IMAGE_SIZE}",
                                   f"4.height={IMAGE_SIZE}", "5.steps=4"])
     events: list[dict[str, Any]] = []
     run_result = ex.run(wf, on_event=events.append, output_dir=tmp_path)
@@ -106,7 +108,7 @@ def test_progress_previews_and_interrupt(tiny_sd_dir: Path, tmp_path: Path) -> N
             stop.set()
 
     interrupted = ex.run(shipped("txt2img.json", [
-        f"1.source={tiny_sd_dir}", f"4.width={IMAGE_SIZE}", f"4.height={IMAGE_SIZE}",
+        f"1.source={tiny_sd.folder}", f"4.width={IMAGE_SIZE}", f"4.height={IMAGE_SIZE}",
         "5.steps=4", "4.seed=99"]), on_event=on_event, interrupt=stop, output_dir=tmp_path)
     assert interrupted.interrupted and not interrupted.ok
     assert "5" not in interrupted.executed and "4" in interrupted.executed

@@ -14,18 +14,13 @@ import graph_runtime
 from graph_runtime import Folders, Registry, node
 from graph_runtime.executor import Executor
 from graph_runtime.registry import REGISTRY
-from graph_runtime.workflow import load_workflow
 from nodes.latents import random_latents, vae_decode
 from nodes.loaders import load_pipeline
 from nodes.sampling import denoise
 from nodes.text import text_to_conditioning
 from nodes.types import Image, Mask
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def link(src: str, output: str) -> dict[str, str]:
-    return {"from": src, "output": output}
+from tests.support.paths import REPO
+from tests.support.workflows import link, wf
 
 
 def test_a_pipeline_of_plain_calls_equals_the_graph(tmp_path: Path) -> None:
@@ -35,20 +30,19 @@ def test_a_pipeline_of_plain_calls_equals_the_graph(tmp_path: Path) -> None:
     images = vae_decode(pipe.vae, denoise(pipe.unet, pipe.scheduler, positive,
                                           latents=latents, steps=3))
 
-    wf = load_workflow({"format": "noodle.workflow", "version": 1, "nodes": {
-        "1": {"type": "LoadPipeline", "inputs": {"dtype": "fp32", "device": "cpu"}},
-        "2": {"type": "TextToConditioning", "inputs": {
+    graph = wf({
+        "1": ("LoadPipeline", {"dtype": "fp32", "device": "cpu"}),
+        "2": ("TextToConditioning", {
             "tokenizer": link("1", "tokenizer"), "text_encoder": link("1", "text_encoder"),
-            "text": "a red circle"}},
-        "3": {"type": "RandomLatents", "inputs": {"unet": link("1", "unet"),
-                                                  "vae": link("1", "vae"), "seed": 7}},
-        "4": {"type": "Denoise", "inputs": {
+            "text": "a red circle"}),
+        "3": ("RandomLatents", {"unet": link("1", "unet"), "vae": link("1", "vae"),
+                                "seed": 7}),
+        "4": ("Denoise", {
             "unet": link("1", "unet"), "scheduler": link("1", "scheduler"),
             "positive": link("2", "conditioning"), "latents": link("3", "latents"),
-            "steps": 3}},
-        "5": {"type": "VAEDecode", "inputs": {"vae": link("1", "vae"),
-                                              "latents": link("4", "latents")}}}})
-    result = Executor(REGISTRY, folders=Folders(output=tmp_path)).run(wf, targets=["5"])
+            "steps": 3}),
+        "5": ("VAEDecode", {"vae": link("1", "vae"), "latents": link("4", "latents")})})
+    result = Executor(REGISTRY, folders=Folders(output=tmp_path)).run(graph, targets=["5"])
     assert result.ok, result.error
     assert torch.equal(result.outputs["5"]["images"].pixels, images.pixels)
 

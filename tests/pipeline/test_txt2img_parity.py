@@ -12,8 +12,9 @@ import torch
 
 from graph_runtime.executor import Executor
 from nodes.diffusion.schedulers import SCHEDULER_NAMES
-
-from .conftest import IMAGE_SIZE, run, shipped
+from tests.support.model_configs import IMAGE_SIZE
+from tests.support.tiny_models import TinyModel, reference_pipeline
+from tests.support.workflows import run, shipped
 
 PROMPTS = ["a red circle", "a blue square on a yellow background"]
 NEGATIVE = "a green triangle"
@@ -23,13 +24,8 @@ FIGURES: dict[tuple[str, bool], float] = {}
 
 
 @pytest.fixture(scope="module")
-def sd_pipeline(tiny_sd_dir: Path):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def sd_pipeline(tiny_sd: TinyModel):
+    return reference_pipeline("StableDiffusionPipeline", tiny_sd.folder)
 
 
 def diffusers_images(pipe, scheduler: str, negative: str | None, seed: int = SEED) -> np.ndarray:
@@ -57,9 +53,9 @@ def stages_overrides(source: Path, scheduler: str, negative: str | None,
 
 @pytest.mark.parametrize("negative", [None, NEGATIVE], ids=["no-negative", "negative"])
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-def test_stages_equal_diffusers(scheduler: str, negative: str | None, tiny_sd_dir: Path,
+def test_stages_equal_diffusers(scheduler: str, negative: str | None, tiny_sd: TinyModel,
                                 sd_pipeline, executor: Executor, tmp_path: Path) -> None:
-    wf = shipped("txt2img_stages.json", stages_overrides(tiny_sd_dir, scheduler, negative))
+    wf = shipped("txt2img_stages.json", stages_overrides(tiny_sd.folder, scheduler, negative))
     result = run(executor, wf, tmp_path)
     ours = result.outputs["9"]["images"].pixels.numpy()
     theirs = diffusers_images(sd_pipeline, scheduler, negative)
@@ -73,12 +69,12 @@ def test_stages_equal_diffusers(scheduler: str, negative: str | None, tiny_sd_di
     assert float(theirs.std()) > 0.02
 
 
-def test_unwired_negative_is_the_empty_prompt(tiny_sd_dir: Path, sd_pipeline,
+def test_unwired_negative_is_the_empty_prompt(tiny_sd: TinyModel, sd_pipeline,
                                               executor: Executor, tmp_path: Path) -> None:
     """With no negative linked, Denoise falls back on the empty prompt's embedding that the
     encoder computed — what diffusers does when `negative_prompt` is None."""
     scheduler = "EulerAncestralDiscreteScheduler"
-    wf = shipped("txt2img_stages.json", stages_overrides(tiny_sd_dir, scheduler, None))
+    wf = shipped("txt2img_stages.json", stages_overrides(tiny_sd.folder, scheduler, None))
     del wf.nodes["8"]["inputs"]["negative"]
     del wf.nodes["5"], wf.nodes["6"]
     ours = run(executor, wf, tmp_path).outputs["9"]["images"].pixels.numpy()
@@ -86,14 +82,14 @@ def test_unwired_negative_is_the_empty_prompt(tiny_sd_dir: Path, sd_pipeline,
     assert float(np.abs(ours - theirs).max()) <= TOLERANCE
 
 
-def test_one_image_of_a_batch_remade_alone(tiny_sd_dir: Path, executor: Executor,
+def test_one_image_of_a_batch_remade_alone(tiny_sd: TinyModel, executor: Executor,
                                            tmp_path: Path) -> None:
     """Image i of a batch uses seed + i: batch 1 at seed + 1 gives the batch's second image
     (with the second prompt)."""
     scheduler = "EulerAncestralDiscreteScheduler"
     batch = run(executor, shipped("txt2img_stages.json",
-                                  stages_overrides(tiny_sd_dir, scheduler, None)), tmp_path)
-    alone = shipped("txt2img_stages.json", stages_overrides(tiny_sd_dir, scheduler, None)
+                                  stages_overrides(tiny_sd.folder, scheduler, None)), tmp_path)
+    alone = shipped("txt2img_stages.json", stages_overrides(tiny_sd.folder, scheduler, None)
                     + [f"3.text={PROMPTS[1]}", "3.batch=false", "7.batch_size=1",
                        f"7.seed={SEED + 1}"])
     single = run(executor, alone, tmp_path)

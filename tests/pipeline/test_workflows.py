@@ -14,8 +14,10 @@ from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
 from graph_runtime.workflow import Workflow, is_link, load_workflow
-
-from .conftest import IMAGE_SIZE, WORKFLOWS, run, shipped
+from tests.support.model_configs import IMAGE_SIZE
+from tests.support.paths import WORKFLOWS
+from tests.support.tiny_models import TinyModel, reference_pipeline
+from tests.support.workflows import run, shipped
 
 SHIPPED = ["txt2img.json", "txt2img_stages.json", "img2img.json", "ddpm_unconditional.json",
            "compare_schedulers.json", "prompt_variants.json", "batch_per_image_seeds.json",
@@ -67,15 +69,15 @@ def shrunk(name: str, sd_dir: Path, ddpm_dir: Path) -> Workflow:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_workflow_runs_headless(name: str, tiny_sd_dir: Path, tiny_ddpm_dir: Path,
+def test_shipped_workflow_runs_headless(name: str, tiny_sd: TinyModel, tiny_ddpm: TinyModel,
                                         executor: Executor, tmp_path: Path) -> None:
-    result = run(executor, shrunk(name, tiny_sd_dir, tiny_ddpm_dir), tmp_path)
+    result = run(executor, shrunk(name, tiny_sd.folder, tiny_ddpm.folder), tmp_path)
     assert result.files and all(Path(f).is_file() for f in result.files)
 
 
-def test_compare_schedulers_grid_has_six_cells(tiny_sd_dir: Path, tiny_ddpm_dir: Path,
+def test_compare_schedulers_grid_has_six_cells(tiny_sd: TinyModel, tiny_ddpm: TinyModel,
                                                executor: Executor, tmp_path: Path) -> None:
-    result = run(executor, shrunk("compare_schedulers.json", tiny_sd_dir, tiny_ddpm_dir),
+    result = run(executor, shrunk("compare_schedulers.json", tiny_sd.folder, tiny_ddpm.folder),
                  tmp_path)
     grid = result.outputs["41"]["images"].pixels
     assert tuple(grid.shape) == (1, IMAGE_SIZE + 12, 6 * IMAGE_SIZE + 5 * 2, 3)  # + captions
@@ -84,23 +86,19 @@ def test_compare_schedulers_grid_has_six_cells(tiny_sd_dir: Path, tiny_ddpm_dir:
     assert len({c.numpy().tobytes() for c in cells}) == 6  # six different schedulers
 
 
-def test_prompt_variants_equal_diffusers_prompt_list(tiny_sd_dir: Path, executor: Executor,
+def test_prompt_variants_equal_diffusers_prompt_list(tiny_sd: TinyModel, executor: Executor,
                                                      tmp_path: Path) -> None:
     """Four prompts, one latent: each prompt gets a generator seeded with the same seed,
     as diffusers' `[torch.Generator().manual_seed(1) for _ in prompts]`."""
-    from diffusers import StableDiffusionPipeline
-
     seed, steps = 1, 3
-    wf = shipped("prompt_variants.json", [f"1.source={tiny_sd_dir}", f"4.seed={seed}",
+    wf = shipped("prompt_variants.json", [f"1.source={tiny_sd.folder}", f"4.seed={seed}",
                                           f"4.width={IMAGE_SIZE}", f"4.height={IMAGE_SIZE}",
                                           f"5.steps={steps}"])
     prompts = wf.nodes["2"]["inputs"]["text"].splitlines()
     assert len(prompts) == 4
     result = run(executor, wf, tmp_path)
     ours = result.outputs["6"]["images"].pixels.numpy()
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline("StableDiffusionPipeline", tiny_sd.folder)
     theirs = pipe(prompt=prompts, height=IMAGE_SIZE, width=IMAGE_SIZE,
                   num_inference_steps=steps,
                   generator=[torch.Generator("cpu").manual_seed(seed) for _ in prompts],

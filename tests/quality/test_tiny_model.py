@@ -9,7 +9,6 @@ scheduler steps, latent scaling — turns colours and shapes into chance-level n
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,9 @@ from PIL import Image
 from benchmarks.quality import evaluate, generate, load_tiny
 from nodes.diffusion.checkpoints import load_components
 from nodes.diffusion.schedulers import scheduler_from_config
+from tests.support.paths import MODELS
 from tools import shapes
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 TINY, TINY_DDPM = MODELS / "noodle-tiny", MODELS / "noodle-tiny-ddpm"
 
 

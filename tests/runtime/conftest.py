@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from rt_helpers import make_registry
 
 from graph_runtime.registry import Registry
+from tests.support.toy_nodes import ENGINE, toy_registry
 
 
 @pytest.fixture
 def reg() -> Registry:
-    return make_registry()
+    """A private registry of the engine's toy nodes."""
+    return toy_registry(ENGINE)

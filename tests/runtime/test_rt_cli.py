@@ -6,28 +6,42 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-HERE = Path(__file__).parent
+import pytest
+
+import graph_runtime
+from graph_runtime import Registry, cli, registry
+from tests.support.command import NOODLE, TOY_NODES_MODULE, noodle_env
+from tests.support.workflows import link, write_workflow
 
 
 def noodle(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get(
-        "PYTHONPATH", "")]), "NOODLE_NODES": "noodle_test_nodes"}
-    return subprocess.run([sys.executable, "-m", "graph_runtime.cli", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=60)
-
-
-def write(path: Path, nodes: dict) -> Path:
-    path.write_text(json.dumps({"format": "noodle.workflow", "version": 1, "nodes": nodes}))
-    return path
+    return subprocess.run([*NOODLE, *args], cwd=cwd,
+                          env=noodle_env(NOODLE_NODES=TOY_NODES_MODULE),
+                          capture_output=True, text=True, timeout=60)
 
 
 def good(tmp_path: Path) -> Path:
-    return write(tmp_path / "good.json", {
-        "1": {"type": "TConst", "inputs": {"value": 4}},
-        "2": {"type": "TSteps", "inputs": {"x": {"from": "1", "output": "value"}}},
-        "3": {"type": "TShow", "inputs": {"value": {"from": "2", "output": "value"}}}})
+    return write_workflow(tmp_path / "good.json", {
+        "1": ("Const", {"value": 4}),
+        "2": ("TSteps", {"x": link("1", "value")}),
+        "3": ("Sink", {"value": link("2", "value")})})
+
+
+@pytest.fixture
+def global_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
+    """An empty process-wide registry for commands run in this process, so the toy library
+    they load never mixes with the node library other tests registered there."""
+    fresh = Registry()
+    for module in (graph_runtime, registry, cli):
+        monkeypatch.setattr(module, "REGISTRY", fresh)
+    loaded = sys.modules.pop(TOY_NODES_MODULE, None)
+    yield fresh
+    sys.modules.pop(TOY_NODES_MODULE, None)
+    if loaded is not None:
+        sys.modules[TOY_NODES_MODULE] = loaded
 
 
 def test_run_json_prints_one_event_per_line(tmp_path: Path) -> None:
@@ -47,15 +61,15 @@ def test_run_human_output_and_target(tmp_path: Path) -> None:
     proc = noodle("run", str(good(tmp_path)), "--target", "1", "--output-dir", "o",
                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "TConst #1" in proc.stderr and "1 executed" in proc.stderr
+    assert "Const #1" in proc.stderr and "1 executed" in proc.stderr
     assert "TSteps" not in proc.stderr
 
 
 def test_failing_node_exits_1_with_error_event(tmp_path: Path) -> None:
-    path = write(tmp_path / "bad.json", {
-        "1": {"type": "TConst", "inputs": {}},
-        "2": {"type": "TFail", "inputs": {"x": {"from": "1", "output": "value"}}},
-        "3": {"type": "TShow", "inputs": {"value": {"from": "2", "output": "value"}}}})
+    path = write_workflow(tmp_path / "bad.json", {
+        "1": ("Const", {}),
+        "2": ("TFail", {"x": link("1", "value")}),
+        "3": ("Sink", {"value": link("2", "value")})})
     proc = noodle("run", str(path), "--json", cwd=tmp_path)
     assert proc.returncode == 1
     events = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -93,27 +107,26 @@ def test_validate_and_nodes(tmp_path: Path) -> None:
     assert json.loads(bad.stdout)["errors"][0]["code"] == "invalid_value_type"
     listed = noodle("nodes", "--json", cwd=tmp_path)
     schemas = json.loads(listed.stdout)
-    assert listed.returncode == 0 and schemas["TShow"]["output_node"] is True
-    assert schemas["TConst"]["inputs"][0]["max"] == 100
+    assert listed.returncode == 0 and schemas["Sink"]["output_node"] is True
+    assert schemas["Const"]["inputs"][0]["max"] == 100
     human = noodle("nodes", cwd=tmp_path)
     assert "TSteps(x:INT, total:INT) -> value:INT" in human.stdout
 
 
-def test_serve_hands_its_options_to_the_server(monkeypatch, tmp_path: Path) -> None:
+def test_serve_hands_its_options_to_the_server(monkeypatch, tmp_path: Path,
+                                              global_registry: Registry) -> None:
     import graph_runtime.server as server
-    from graph_runtime import cli
 
-    monkeypatch.syspath_prepend(str(HERE))
     seen: dict = {}
     monkeypatch.setattr(server, "serve", lambda executor, **kw: seen.update(kw, ex=executor))
     monkeypatch.setenv("NOODLE_CACHE_CPU_BYTES", "8G")
     code = cli.main(["serve", "--host", "0.0.0.0", "--port", "9999", "--nodes",
-                     "noodle_test_nodes", "--output-dir", str(tmp_path), "--cache-cpu-bytes",
+                     TOY_NODES_MODULE, "--output-dir", str(tmp_path), "--cache-cpu-bytes",
                      "1G", "--models-dir", str(tmp_path / "m")])
     assert code == 0
     executor = seen.pop("ex")
     assert seen == {"host": "0.0.0.0", "port": 9999}
     assert executor.folders.output == tmp_path and executor.folders.models == tmp_path / "m"
     assert executor.cache.budgets["cpu"] == 2**30  # the flag wins over the environment
-    assert "TConst" in executor.registry
+    assert "Const" in executor.registry
     assert os.environ["NOODLE_CACHE_CPU_BYTES"] == "8G"  # and nothing is exported

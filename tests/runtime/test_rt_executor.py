@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
-from rt_helpers import link, wf
 
 from graph_runtime import Int, Registry, Text, node
 from graph_runtime.cache import OutputCache
 from graph_runtime.executor import Executor, is_out_of_memory
 from graph_runtime.workflow import Workflow
+from tests.support.toy_nodes import ENGINE, toy_registry
+from tests.support.workflows import add_nodes, link, wf
 
 
 def chain() -> Workflow:
@@ -79,7 +80,7 @@ def test_ui_only_changes_and_explicit_defaults_keep_the_signature(reg: Registry)
     edited = chain()
     edited.nodes["4"]["inputs"]["mode"] = "plain"  # the widget default, written out
     edited.nodes["4"]["ui"] = {"pos": [1, 2], "title": "renamed"}
-    edited.nodes["99"] = {"type": "Const", "inputs": {}}
+    add_nodes(edited, {"99": ("Const", {})})
     assert ex.signatures(edited) == base
 
 
@@ -99,8 +100,7 @@ def test_signature_covers_version_and_output_name(tmp_path: Path) -> None:
     w = wf({"1": ("Src", {}), "2": ("Out", {"value": link("1", "value")})})
     assert Executor(make(1)).signatures(w)["1"] != Executor(make(2)).signatures(w)["1"]
     reg = make(1)
-    from rt_helpers import make_registry
-    full = make_registry()
+    full = toy_registry(ENGINE)
     split_low = wf({"1": ("Split", {"x": 1}), "2": ("Sink", {"value": link("1", "low")})})
     split_high = wf({"1": ("Split", {"x": 1}), "2": ("Sink", {"value": link("1", "high")})})
     sig_low = Executor(full).signatures(split_low)
@@ -210,8 +210,8 @@ def test_events_carry_the_agreed_fields(reg: Registry, tmp_path: Path) -> None:
 def test_raising_node_gives_structured_error_and_keeps_finished_work(reg: Registry,
                                                                      tmp_path: Path) -> None:
     w = chain()
-    w.nodes["8"] = {"type": "Boom", "inputs": {"x": link("2", "sum")}}
-    w.nodes["9"] = {"type": "Sink", "inputs": {"value": link("8", "value")}}
+    add_nodes(w, {"8": ("Boom", {"x": link("2", "sum")}),
+                  "9": ("Sink", {"value": link("8", "value")})})
     ex = Executor(reg)
     events: list[dict] = []
     result = ex.run(w, output_dir=tmp_path, on_event=events.append)

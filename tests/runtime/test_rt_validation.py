@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from rt_helpers import link, wf
 
 from graph_runtime.executor import Executor, WorkflowInvalid
 from graph_runtime.graph import build_graph, validate
 from graph_runtime.registry import Registry
+from tests.support.workflows import link, wf
 
 
 def codes(errors: list[dict]) -> list[tuple]:

@@ -17,21 +17,10 @@ from nodes.diffusion.schedulers import (  # noqa: E402
     scheduler_from_config,
 )
 from nodes.diffusion.schedulers.lms import lagrange_integral  # noqa: E402
+from tests.support.model_configs import SD15_SCHEDULER  # noqa: E402
 
 # SD 2.x-style v-prediction config: every explicitly set training key must survive swaps.
-TRAINING = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "trained_betas": None,
-}
+TRAINING = {**SD15_SCHEDULER, "prediction_type": "v_prediction"}
 SHARED = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "prediction_type")
 SEED_LIST = {
     "LMSDiscreteScheduler", "UniPCMultistepScheduler", "KDPM2DiscreteScheduler",

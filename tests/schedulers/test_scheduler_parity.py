@@ -16,20 +16,8 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("scipy")  # diffusers' LMS integrates its coefficients with scipy
 
 from nodes.diffusion.schedulers import SCHEDULERS  # noqa: E402
+from tests.support.model_configs import SD15_SCHEDULER  # noqa: E402
 
-# Stable Diffusion 1.5's scheduler config (PNDM), the one every swap starts from.
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "trained_betas": None,
-}
 STOCHASTIC = {
     "DDPMScheduler",
     "EulerAncestralDiscreteScheduler",
@@ -42,9 +30,9 @@ TOLERANCE = 1e-5
 MAX_ERRORS: dict[str, float] = {}
 
 
-_ALPHAS_CUMPROD = torch.cumprod(
-    1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, dim=0
-)
+_ALPHAS_CUMPROD = torch.cumprod(1 - torch.linspace(
+    SD15_SCHEDULER["beta_start"] ** 0.5, SD15_SCHEDULER["beta_end"] ** 0.5,
+    SD15_SCHEDULER["num_train_timesteps"], dtype=torch.float64) ** 2, dim=0)
 
 
 def toy_model(sample: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
@@ -72,7 +60,7 @@ def denoise(
     scheduler.set_timesteps(steps)
     sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     sample = sample * scheduler.init_noise_sigma
-    if stochastic == "per-image":  # one generator per batch item, as the seeds ask for
+    if stochastic == "per-image":  # one generator per image (diffusers' efficiency guide)
         generator = [torch.Generator().manual_seed(10 + i) for i in range(SHAPE[0])]
     else:
         generator = torch.Generator().manual_seed(1)
@@ -133,7 +121,7 @@ def compare_run(
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_full_run_matches_diffusers(name: str, prediction: str) -> None:
-    config = {**SD15, "prediction_type": prediction}
+    config = {**SD15_SCHEDULER, "prediction_type": prediction}
     pair = build_pair(name, config)  # reused: each set_timesteps must start afresh
     for steps in STEP_COUNTS:
         compare_run(name, config, steps, pair=pair)
@@ -154,12 +142,13 @@ KARRAS = [
 
 @pytest.mark.parametrize("name", KARRAS)
 def test_karras_sigmas_match_diffusers(name: str) -> None:
-    config = {**SD15, "use_karras_sigmas": True}
+    config = {**SD15_SCHEDULER, "use_karras_sigmas": True}
     pair = build_pair(name, config)
     for steps in (2, 7, 20):
         compare_run(name, config, steps, pair=pair)
     # Karras spacing really changed the table (not silently ignored).
-    plain, karras = SCHEDULERS[name].from_config(SD15), SCHEDULERS[name].from_config(config)
+    plain = SCHEDULERS[name].from_config(SD15_SCHEDULER)
+    karras = SCHEDULERS[name].from_config(config)
     plain.set_timesteps(20)
     karras.set_timesteps(20)
     assert not torch.equal(plain.sigmas, karras.sigmas)
@@ -169,7 +158,7 @@ def test_karras_sigmas_match_diffusers(name: str) -> None:
 def test_timestep_spacings_match_diffusers(spacing: str) -> None:
     for name, cls in SCHEDULERS.items():
         if "timestep_spacing" in cls.defaults:
-            compare_run(name, {**SD15, "timestep_spacing": spacing}, 7)
+            compare_run(name, {**SD15_SCHEDULER, "timestep_spacing": spacing}, 7)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
@@ -239,7 +228,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("name,overrides", VARIANTS)
 def test_config_variants_match_diffusers(name: str, overrides: dict) -> None:
-    config = {**SD15, **overrides}
+    config = {**SD15_SCHEDULER, **overrides}
     pair = build_pair(name, config)
     for steps in (3, 8, 20):
         compare_run(name, config, steps, pair=pair)
@@ -254,14 +243,14 @@ def test_config_variants_match_diffusers(name: str, overrides: dict) -> None:
     ],
 )
 def test_stochastic_step_options_match_diffusers(name: str, step_kwargs: dict) -> None:
-    pair = build_pair(name, SD15)
+    pair = build_pair(name, SD15_SCHEDULER)
     for steps in (5, 20):
-        compare_run(name, SD15, steps, step_kwargs, stochastic=True, pair=pair)
+        compare_run(name, SD15_SCHEDULER, steps, step_kwargs, stochastic=True, pair=pair)
 
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC) + ["DPMSolverSinglestepScheduler"])
 def test_one_generator_per_image_matches_diffusers(name: str) -> None:
-    config = dict(SD15)
+    config = dict(SD15_SCHEDULER)
     if name == "DPMSolverSinglestepScheduler":
         config["algorithm_type"] = "sde-dpmsolver++"
     compare_run(name, config, 10, stochastic="per-image")

@@ -1,17 +1,19 @@
-"""Fixtures: an app over the toy node library with every folder in a temporary directory."""
+"""Fixtures: an app over the toy canvas nodes with every folder in a temporary directory."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from toy_nodes import make_registry
 
 from graph_runtime import Folders
 from graph_runtime.executor import Executor
 from graph_runtime.server import create_app
+from tests.support.toy_nodes import CANVAS, toy_registry
+from tests.support.workflows import workflow_dict
 
 
 @pytest.fixture
@@ -21,20 +23,22 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     for p in out.values():
         p.mkdir()
     (out["workflows"] / "shipped_one.json").write_text(
-        '{"format": "noodle.workflow", "version": 1, "description": "shipped", "nodes": {}}')
+        json.dumps(workflow_dict({}, description="shipped")))
     (out["models"] / "tiny-model").mkdir()
     (out["models"] / "single.safetensors").write_bytes(b"x")
     return out
 
 
-def folders_of(folders: dict[str, Path]) -> Folders:
+@pytest.fixture
+def run_folders(folders: dict[str, Path]) -> Folders:
+    """The same folders as the executor's `Folders`."""
     return Folders(output=folders["output"], input=folders["input"], models=folders["models"],
                    user=folders["user"], temp_dir=folders["temp"])
 
 
 @pytest.fixture
-def app(folders: dict[str, Path]) -> Any:
-    executor = Executor(make_registry(), folders=folders_of(folders))
+def app(folders: dict[str, Path], run_folders: Folders) -> Any:
+    executor = Executor(toy_registry(CANVAS), folders=run_folders)
     return create_app(executor, workflows_dir=folders["workflows"], max_upload_bytes=2**20)
 
 

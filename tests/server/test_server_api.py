@@ -6,9 +6,13 @@ import asyncio
 from typing import Annotated, Any
 
 import pytest
-from toy_nodes import image_workflow
 
+from graph_runtime import Choice, Folders, Registry, SocketType, node
+from graph_runtime.executor import Executor
+from graph_runtime.server import create_app
 from graph_runtime.server.app import QUEUE_KEY
+from tests.support.toy_nodes import image_workflow
+from tests.support.workflows import add_nodes, link, workflow_dict
 
 pytestmark = pytest.mark.asyncio
 
@@ -48,7 +52,7 @@ async def test_static_js_and_lib(client: Any) -> None:
 async def test_nodes_schema(client: Any) -> None:
     resp = await client.get("/api/nodes")
     data = await resp.json()
-    assert set(data) == {"Number", "Add", "Gradient", "SavePicture", "ShowInt", "Fail"}
+    assert set(data) == {"Number", "AddInt", "Gradient", "SavePicture", "ShowInt", "Fail"}
     grad = {i["name"]: i for i in data["Gradient"]["inputs"]}
     assert grad["seed"]["widget"] == "seed"
     assert grad["colour"]["options"] == ["red", "green", "blue"]
@@ -64,13 +68,10 @@ async def test_types_give_colours_and_compatibility(client: Any) -> None:
     assert data["IMAGE"]["color"].startswith("#")
 
 
-async def test_choices_list_the_servers_folders(aiohttp_client: Any, folders: dict) -> None:
+async def test_choices_list_the_servers_folders(aiohttp_client: Any,
+                                                run_folders: Folders) -> None:
     """A choice fed by a folder lists the folder the server was given (what /api/models
     did for checkpoints, for any folder and any node)."""
-    from graph_runtime import Choice, Folders, Registry, SocketType, node
-    from graph_runtime.executor import Executor
-    from graph_runtime.server import create_app
-
     reg = Registry()
     reg.add_socket_type(SocketType("UNET"))
 
@@ -82,10 +83,7 @@ async def test_choices_list_the_servers_folders(aiohttp_client: Any, folders: di
         """Loads."""
         return Unet()
 
-    executor = Executor(reg, folders=Folders(output=folders["output"], input=folders["input"],
-                                             models=folders["models"], user=folders["user"],
-                                             temp_dir=folders["temp"]))
-    client = await aiohttp_client(create_app(executor))
+    client = await aiohttp_client(create_app(Executor(reg, folders=run_folders)))
     schema = (await (await client.get("/api/nodes")).json())["LoadPipeline"]
     assert schema["inputs"][0]["options"] == ["single.safetensors", "tiny-model"]
 
@@ -121,9 +119,7 @@ async def test_cache_lives_across_prompts(client: Any) -> None:
 async def test_invalid_workflow_gets_all_errors(client: Any) -> None:
     wf = image_workflow()
     wf["nodes"]["1"]["inputs"]["size"] = 100000
-    wf["nodes"]["3"] = {"type": "NoSuchNode", "inputs": {}}
-    wf["nodes"]["4"] = {"type": "ShowInt", "inputs": {"value": {"from": "1",
-                                                                "output": "image"}}}
+    add_nodes(wf, {"3": ("NoSuchNode", {}), "4": ("ShowInt", {"value": link("1", "image")})})
     resp = await client.post("/api/prompt", json={"workflow": wf})
     assert resp.status == 400
     codes = {(e["node"], e["input"], e["code"]) for e in (await resp.json())["errors"]}
@@ -147,9 +143,8 @@ async def test_prompt_bad_bodies(client: Any, body: bytes) -> None:
 
 
 async def test_failing_prompt_does_not_stop_queue(client: Any) -> None:
-    bad = {"format": "noodle.workflow", "version": 1, "nodes": {
-        "1": {"type": "Number", "inputs": {"value": 4}},
-        "2": {"type": "Fail", "inputs": {"value": {"from": "1", "output": "value"}}}}}
+    bad = workflow_dict({"1": ("Number", {"value": 4}),
+                         "2": ("Fail", {"value": link("1", "value")})})
     r1 = await (await client.post("/api/prompt", json={"workflow": bad})).json()
     r2 = await (await client.post("/api/prompt", json={"workflow": image_workflow()})).json()
     assert r2["number"] == r1["number"] + 1

@@ -12,7 +12,11 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from graph_runtime import Folders
+from graph_runtime.executor import Executor
+from graph_runtime.server import create_app
 from graph_runtime.server.security import is_loopback_name, split_host
+from tests.support.toy_nodes import CANVAS, toy_registry
 
 
 def png_bytes(size: tuple[int, int] = (4, 3), colour: str = "red") -> bytes:
@@ -58,15 +62,9 @@ async def test_loopback_hosts_accepted(client: Any, host: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_non_loopback_bind_accepts_other_hosts(aiohttp_client: Any, folders: dict
-                                                     ) -> None:
-    from conftest import folders_of
-    from toy_nodes import make_registry
-
-    from graph_runtime.executor import Executor
-    from graph_runtime.server import create_app
-
-    app = create_app(Executor(make_registry(), folders=folders_of(folders)),
+async def test_non_loopback_bind_accepts_other_hosts(aiohttp_client: Any,
+                                                     run_folders: Folders) -> None:
+    app = create_app(Executor(toy_registry(CANVAS), folders=run_folders),
                      bind_host="0.0.0.0")
     c = await aiohttp_client(app)
     assert (await c.get("/api/nodes", headers={"Host": "box.lan:8188"})).status == 200

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+from tests.support.command import NOODLE, TOY_NODES_MODULE, noodle_env
+from tests.support.workflows import link, workflow_dict
 
 
 def free_port() -> int:
@@ -39,12 +38,9 @@ def request(url: str, data: dict | None = None, headers: dict | None = None
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "graph_runtime.cli", "serve", "--port", str(port),
-         "--nodes", "serve_nodes", "--output-dir", str(tmp_path / "out")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        # Folder settings from other tests in this process must not leak into the command.
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("NOODLE_")},
-             "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1])])})
+        [*NOODLE, "serve", "--port", str(port), "--nodes", TOY_NODES_MODULE,
+         "--output-dir", str(tmp_path / "out")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=noodle_env())
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -68,10 +64,9 @@ def test_noodle_serve_runs_a_workflow(served) -> None:  # type: ignore[no-untype
     base, root = served
     status, nodes = request(base + "/api/nodes")
     assert status == 200 and {"Greeting", "WriteText"} <= set(nodes)
-    wf = {"format": "noodle.workflow", "version": 1, "nodes": {
-        "1": {"type": "Greeting", "inputs": {"name": "noodle"}},
-        "2": {"type": "WriteText", "inputs": {"text": {"from": "1", "output": "text"},
-                                              "filename": "greeting.txt"}}}}
+    wf = workflow_dict({
+        "1": ("Greeting", {"name": "noodle"}),
+        "2": ("WriteText", {"text": link("1", "text"), "filename": "greeting.txt"})})
     status, body = request(base + "/api/prompt", {"workflow": wf})
     assert status == 200
     for _ in range(100):

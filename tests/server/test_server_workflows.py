@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from toy_nodes import image_workflow
+
+from tests.support.toy_nodes import image_workflow
 
 pytestmark = pytest.mark.asyncio
 

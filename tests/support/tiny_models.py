@@ -1,0 +1,118 @@
+"""One builder per tiny model kind, each a diffusers pipeline with fixed-seed random weights
+saved with `save_pretrained`: diffusers builds them (the oracle) and our loaders read the
+folders. tests/conftest.py builds each kind once per session.
+
+Kinds:
+- `build_tiny_sd`: 32 px Stable Diffusion for whole-graph runs against diffusers' pipelines.
+- `build_tiny_sd1`: Stable Diffusion with SD1.x conventions, exportable to a single file.
+- `build_tiny_ddpm`: an unconditional pixel-space DDPM (UNet2DModel).
+
+diffusers, transformers and torch are imported when a model is built, so collecting the
+tests that never use one stays fast.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.model_configs import (
+    DDPM_UNET,
+    SD1_UNET,
+    SD1_VAE,
+    SD15_SCHEDULER,
+    SD_TEXT,
+    SD_UNET,
+    SD_VAE,
+    tiny_text_config,
+)
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A saved pipeline folder and the in-memory diffusers pipeline it was saved from."""
+
+    folder: Path
+    pipe: Any
+
+
+def _save_sd(folder: Path, unet: Any, vae: Any, text_encoder: Any) -> TinyModel:
+    """Complete an SD pipeline (SD1.5 scheduler, the shipped CLIP tokenizer) and save it."""
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    from nodes.diffusion.clip import SHIPPED_TOKENIZER
+
+    # Only the keys PNDM takes: one it does not (clip_sample) would be saved with the
+    # pipeline and carried into every scheduler the tests swap in.
+    takes = inspect.signature(diffusers.PNDMScheduler).parameters
+    scheduler = diffusers.PNDMScheduler(**{k: v for k, v in SD15_SCHEDULER.items()
+                                           if k in takes})
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae.eval(), text_encoder=text_encoder.eval(), unet=unet.eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER)), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return TinyModel(folder, pipe)
+
+
+def build_tiny_sd(folder: Path) -> TinyModel:
+    """The 32 px SD pipeline (model_configs.SD_*) in `folder`."""
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**SD_UNET)
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(**SD_VAE)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD_TEXT))
+    return _save_sd(folder, unet, vae, text_encoder)
+
+
+def build_tiny_sd1(folder: Path) -> TinyModel:
+    """The SD1.x-convention pipeline (model_configs.SD1_*) in `folder`."""
+    import diffusers
+    import torch
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**SD1_UNET)
+    vae = diffusers.AutoencoderKL(**SD1_VAE)
+    text_encoder = CLIPTextModel(tiny_text_config())
+    return _save_sd(folder, unet, vae, text_encoder)
+
+
+def build_tiny_ddpm(folder: Path) -> TinyModel:
+    """The unconditional DDPM pipeline (UNet2DModel + DDPMScheduler) in `folder`."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**DDPM_UNET).eval()
+    pipe = diffusers.DDPMPipeline(unet=unet,
+                                  scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000))
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return TinyModel(folder, pipe)
+
+
+def reference_pipeline(kind: str, folder: Path) -> Any:
+    """diffusers' pipeline class `kind` loaded from `folder`, without a progress bar: the
+    reference a graph run is compared with."""
+    import diffusers
+
+    options = {} if kind == "DDPMPipeline" else {"safety_checker": None,
+                                                 "requires_safety_checker": False}
+    pipe = getattr(diffusers, kind).from_pretrained(folder, **options)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def rel_err(ours: Any, ref: Any) -> float:
+    """Max absolute difference of two tensors relative to the reference's largest magnitude."""
+    scale = ref.float().abs().max().clamp_min(1e-12)
+    return float((ours.float() - ref.float()).abs().max() / scale)
