@@ -108,6 +108,8 @@ class _NodeChecker:
     def __init__(self, wf: Workflow, registry: Registry, folders: Folders,
                  errors: list[dict[str, Any]]) -> None:
         self.wf, self.registry, self.folders, self.errors = wf, registry, folders, errors
+        # Per source node: its hook may read files, and many links leave one loader.
+        self.absent: dict[str, dict[str, str]] = {}
 
     def check(self, nid: str, nd: dict[str, Any]) -> None:
         ntype = nd.get("type")
@@ -132,6 +134,12 @@ class _NodeChecker:
                     self.errors.append(_error(nid, spec.name, "missing_input",
                                               f"{spec.name} ({spec.type}) needs {how}"))
 
+    def absent_outputs(self, src_id: str, src_def: NodeDef, src: dict[str, Any]
+                       ) -> dict[str, str]:
+        if src_id not in self.absent:
+            self.absent[src_id] = _absent_outputs(src_def, src, self.folders)
+        return self.absent[src_id]
+
     def link(self, nid: str, iname: str, value: dict[str, Any], spec: InputSpec | None) -> None:
         src_id, out_name = value["from"], value.get("output")
         src = self.wf.nodes.get(src_id)
@@ -153,7 +161,7 @@ class _NodeChecker:
             self.errors.append(_error(nid, iname, "type_mismatch",
                                       f"{iname} expects {spec.type} but {src_def.name}."
                                       f"{out_name} gives {out.type}"))
-        elif out_name in (absent := _absent_outputs(src_def, src, self.folders)):
+        elif out_name in (absent := self.absent_outputs(src_id, src_def, src)):
             self.errors.append(_error(nid, iname, "absent_output",
                                       f"{iname}: node {src_id!r} ({src_def.name}) gives no "
                                       f"{out_name}: {absent[out_name]}"))
