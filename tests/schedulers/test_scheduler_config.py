@@ -236,3 +236,17 @@ def test_pndm_step_counts_match_diffusers_including_the_rejected_ones() -> None:
                     outcomes.append("ValueError")
             assert outcomes[0] == outcomes[1], (skip_prk_steps, steps)
             assert (outcomes[0] == "ValueError") == (not skip_prk_steps and steps < 4)
+
+
+@pytest.mark.parametrize("spacing", ["use_karras_sigmas", "use_exponential_sigmas"])
+def test_a_carried_over_sigma_spacing_is_ignored_where_diffusers_ignores_it(spacing: str) -> None:
+    """DPM++ with Karras sigmas swapped to Euler ancestral: diffusers' Euler ancestral has no
+    such option, so its sigmas stay evenly spaced in time; a leftover key must not respace."""
+    source = diffusers.DPMSolverMultistepScheduler.from_config({**SD15_SCHEDULER, spacing: True})
+    ours = SCHEDULERS["EulerAncestralDiscreteScheduler"].from_config(source.config)
+    reference = diffusers.EulerAncestralDiscreteScheduler.from_config(source.config)
+    ours.set_timesteps(12)
+    reference.set_timesteps(12)
+    assert ours.config[spacing] is True  # kept for a later swap back
+    torch.testing.assert_close(ours.sigmas, reference.sigmas.to(ours.sigmas.dtype))
+    torch.testing.assert_close(ours.timesteps.double(), reference.timesteps.double())

@@ -348,7 +348,11 @@ class IndexedScheduler(Scheduler):
 
         Returns the input unchanged and ``None`` timesteps when no respacing is configured.
         """
-        config = self.config
+        # Only options this class declares count: a config carried over from another
+        # scheduler (DPM++ with Karras sigmas -> Euler ancestral) keeps keys this class
+        # ignores in diffusers, and must be ignored here too.
+        declared = type(self).defaults
+        config = {k: v for k, v in self.config.items() if k in declared}
         lo, hi = config.get("sigma_min"), config.get("sigma_max")
         if config.get("use_karras_sigmas"):
             sigmas = karras_sigmas(sigmas, n, lo, hi)
