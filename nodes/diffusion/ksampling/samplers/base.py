@@ -1,0 +1,69 @@
+"""What every sampler shares: the denoiser it calls, its signature, and a few step helpers.
+
+A sampler integrates from ``sigmas[0]`` down to ``sigmas[-1]`` (usually 0), calling the
+denoiser D(x; sigma) -> x_0 estimate once or more per step. Arithmetic is kept in the order
+ComfyUI's samplers use, in float32 0-d tensors, so results agree to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from torch import Tensor
+
+from ..model_sampling import DiscreteSampling
+
+# callback(step_index, x, denoised): once per step, for previews, progress and interrupts.
+StepCallback = Callable[[int, Tensor, Tensor], None]
+
+
+class Denoiser(Protocol):
+    """The model as samplers see it: x at noise level sigma (one per batch item) -> x_0."""
+
+    model_sampling: DiscreteSampling
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: ...
+
+
+class SamplerFn(Protocol):
+    """One sampling algorithm over a given sigma schedule; returns the final x."""
+
+    def __call__(
+        self,
+        model: Denoiser,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        seed: int,
+        callback: StepCallback | None = None,
+    ) -> Tensor: ...
+
+
+def per_item(sigma: Tensor, x: Tensor) -> Tensor:
+    """A 0-d sigma repeated for every batch item, as the denoiser takes it."""
+    return sigma * x.new_ones([x.shape[0]])
+
+
+def derivative(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+    """dx/dsigma of the probability-flow ODE (Karras et al. 2022, eq. 3 with sigma(t) = t)."""
+    return (x - denoised) / sigma
+
+
+def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Split a step sigma -> sigma_next into a deterministic step down to ``sigma_down`` and
+    fresh noise of std ``sigma_up``, with sigma_down^2 + sigma_up^2 = sigma_next^2.
+
+    ``eta`` scales the fresh noise: 1 is ancestral (DDPM-like) sampling, 0 deterministic.
+    """
+    if not eta:
+        return sigma_next, sigma_next * 0
+    variance = sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2
+    sigma_up = min(sigma_next, eta * variance**0.5)
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def notify(callback: StepCallback | None, i: int, x: Tensor, denoised: Tensor) -> None:
+    if callback is not None:
+        callback(i, x, denoised)

@@ -1,0 +1,1 @@
+"""Tests of the ComfyUI compatibility: its node pack, sampling, workflow import, API."""
