@@ -13,7 +13,7 @@ with `document_env`), so `noodle --help` can list every variable that changes be
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +48,8 @@ class Folders:
     `output`: saved results; `input`: uploaded and input images; `models`: model files;
     `user`: saved workflows and user data; `temp`: previews, beside the output folder
     unless set, so a run with its own output folder keeps its previews next to it.
+    `model_paths_file`: a file naming more model folders; the engine only carries it, the
+    node library reads it (and checks it at startup through `add_folders_check`).
     """
 
     output: Path = Path("output")
@@ -55,6 +57,7 @@ class Folders:
     models: Path = Path("models")
     user: Path = Path("user")
     temp_dir: Path | None = None
+    model_paths_file: Path | None = None
 
     @property
     def temp(self) -> Path:
@@ -63,19 +66,51 @@ class Folders:
     @classmethod
     def from_env(cls, output: Path | str | None = None, input: Path | str | None = None,
                  temp: Path | str | None = None, models: Path | str | None = None,
-                 user: Path | str | None = None) -> Folders:
+                 user: Path | str | None = None,
+                 model_paths_file: Path | str | None = None) -> Folders:
         """Given folders first, then the environment overrides, then the defaults."""
         temp = temp or env("NOODLE_TEMP_DIR")
         return cls(output=Path(output or "output"),
                    input=Path(input or env("NOODLE_INPUT_DIR") or "input"),
                    models=Path(models or env("NOODLE_MODELS_DIR") or "models"),
                    user=Path(user or "user"),
-                   temp_dir=Path(temp) if temp else None)
+                   temp_dir=Path(temp) if temp else None,
+                   model_paths_file=Path(model_paths_file) if model_paths_file else None)
 
     def with_output(self, output: Path | str) -> Folders:
         return replace(self, output=Path(output))
 
     def resolved(self) -> Folders:
         """The same folders as absolute paths (a server's working directory may change)."""
+        extra = self.model_paths_file
         return Folders(self.output.resolve(), self.input.resolve(), self.models.resolve(),
-                       self.user.resolve(), self.temp.resolve())
+                       self.user.resolve(), self.temp.resolve(),
+                       extra.expanduser().resolve() if extra is not None else None)
+
+
+class SettingsError(ValueError):
+    """A setting given at startup is unusable (a missing or malformed file); the command
+    reports it and exits before any work starts."""
+
+
+FoldersCheck = Callable[[Folders], None]
+_FOLDERS_CHECKS: list[FoldersCheck] = []
+
+
+def add_folders_check(check: FoldersCheck) -> None:
+    """Register a startup check a node library runs on the folders it will be given (e.g.
+    parsing a file `model_paths_file` names). It raises ValueError or OSError to refuse."""
+    if check not in _FOLDERS_CHECKS:
+        _FOLDERS_CHECKS.append(check)
+
+
+def check_folders(folders: Folders) -> None:
+    """Run every registered check, so a bad setting fails at startup and not mid-run."""
+    extra = folders.model_paths_file
+    if extra is not None and not extra.expanduser().is_file():
+        raise SettingsError(f"model paths file {extra}: not found")
+    for check in _FOLDERS_CHECKS:
+        try:
+            check(folders)
+        except (ValueError, OSError) as exc:
+            raise SettingsError(str(exc)) from exc

@@ -1,14 +1,16 @@
 """Loader nodes: a whole pipeline, a replacement VAE, a scheduler; scheduler swapping.
 
 A `source` is a diffusers folder, a single-file checkpoint, a name under the run's models
-folder (`Folders.models`, default `./models`) or a hub `org/name`. Each loader fingerprints
-the files the source resolves to (path, size, mtime), so editing weights on disk invalidates
-the cached models although the workflow did not change.
+folder (`Folders.models`, default `./models`), a checkpoint name in ComfyUI's folders
+(`models/checkpoints`, an extra_model_paths.yaml) or a hub `org/name`. Each loader
+fingerprints the files the source resolves to (path, size, mtime), so editing weights on
+disk invalidates the cached models although the workflow did not change.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -22,6 +24,7 @@ DEFAULT_MODEL = "noodle-tiny"
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+log = logging.getLogger("noodle.models")
 
 
 # The embedded default models live in the repository's models/ folder; names there resolve
@@ -29,25 +32,38 @@ COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def resolve(source: str, models: Path) -> Path:
-    """The file or folder a source names: the models folder, a path, the embedded models,
-    then the hub cache (`org/name`)."""
+def resolve(source: str, where: Folders | Path) -> Path:
+    """The file or folder a source names: the models folder, a path, a checkpoint in the
+    ComfyUI folders (models/checkpoints, the extra paths, then the embedded models), then
+    the hub cache (`org/name`). `where` may be a bare models folder."""
+    # Imported here: the ComfyUI pack's own modules import this one.
+    from nodes.comfyui import model_paths
+
+    run_folders = where if isinstance(where, Folders) else Folders(models=where)
+    models = run_folders.models
     literal = Path(source).expanduser()
-    if (not literal.is_absolute() and not (models / source).exists()
-            and not literal.exists() and (BUNDLED_MODELS / source).exists()):
-        return BUNDLED_MODELS / source
+    if not literal.is_absolute() and not (models / source).exists() and not literal.exists():
+        try:
+            return model_paths.find_model("checkpoints", source, run_folders)
+        except FileNotFoundError:
+            pass
     return Path(checkpoints.resolve_source(source, models))
 
 
 def model_choices(folders: Folders) -> list[str]:
-    """Names the source widget offers: the models folder, then the embedded models."""
-    names: list[str] = []
-    for folder in (folders.models, BUNDLED_MODELS):
-        try:
-            names += [n for n in checkpoints.list_models(folder) if n not in names]
-        except OSError:
-            continue
-    return names or [DEFAULT_MODEL]
+    """Names the source widget offers: every checkpoint our loader reads (diffusers folders
+    and single files) in the models folder, the ComfyUI folders and the embedded models."""
+    from nodes.comfyui import model_paths
+
+    try:
+        names = model_paths.list_models("checkpoints", folders)
+    except (OSError, ValueError) as exc:
+        # A broken extra paths file must not take the whole node list down with it.
+        log.warning("listing checkpoints: %s", exc)
+        names = []
+    readable = [n for n in names if Path(n).suffix.lower() not in model_paths.MODEL_EXTENSIONS
+                or n.endswith(checkpoints.WEIGHT_FILE_SUFFIXES)]
+    return readable or [DEFAULT_MODEL]
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -61,7 +77,7 @@ def source_fingerprint(inputs: Mapping[str, Any], folders: Folders) -> str | Non
     source = inputs.get("source")
     if not isinstance(source, str):
         return None
-    root = resolve(source, folders.models)
+    root = resolve(source, folders)
     parts = [str(root.resolve())]
     for f in _files_of(root):
         st = f.stat()
@@ -78,7 +94,7 @@ def absent_components(inputs: Mapping[str, Any], folders: Folders) -> dict[str, 
     if not isinstance(source, str):
         return {}
     try:
-        root = resolve(source, folders.models)
+        root = resolve(source, folders)
     except Exception:  # noqa: BLE001 - an unresolvable source is reported when it runs
         return {}
     index = root / "model_index.json"
@@ -125,8 +141,9 @@ def load_pipeline(source: Source = DEFAULT_MODEL, dtype: Dtype = "auto",
     An unconditional (DDPM) repository gives only `unet` and `scheduler`; linking one of
     its absent outputs is reported by validation.
     """
-    models = folders().models
-    comp = checkpoints.load_components(resolve(source, models), dtype=dtype, device=device,
+    run_folders = folders()
+    models = run_folders.models
+    comp = checkpoints.load_components(resolve(source, run_folders), dtype=dtype, device=device,
                                        models_dir=models)
     cfg = comp.scheduler_config
     return Pipeline(
@@ -145,8 +162,9 @@ def load_pipeline(source: Source = DEFAULT_MODEL, dtype: Dtype = "auto",
 def load_vae(source: VAESource = DEFAULT_MODEL, dtype: Dtype = "auto",
              device: Device = "auto") -> VAE:
     """Load a VAE on its own, to swap a better one into a pipeline (e.g. sd-vae-ft-mse)."""
-    models = folders().models
-    model = checkpoints.load_vae(resolve(source, models), dtype=dtype, device=device,
+    run_folders = folders()
+    models = run_folders.models
+    model = checkpoints.load_vae(resolve(source, run_folders), dtype=dtype, device=device,
                                  models_dir=models)
     return VAE(model, source)
 
@@ -157,8 +175,9 @@ def load_scheduler(
     source: Annotated[str, Choice(model_choices, allow_other=True)] = DEFAULT_MODEL,
 ) -> SchedulerSpec:
     """The scheduler described by a folder's `scheduler/scheduler_config.json`."""
-    models = folders().models
-    cfg = checkpoints.load_scheduler_config(resolve(source, models), models_dir=models)
+    run_folders = folders()
+    models = run_folders.models
+    cfg = checkpoints.load_scheduler_config(resolve(source, run_folders), models_dir=models)
     return SchedulerSpec(cfg["_class_name"], dict(cfg), source)
 
 
