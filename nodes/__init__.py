@@ -1,8 +1,11 @@
 """Noodle's node library: importing it registers its socket types and nodes.
 
 The engine (`graph_runtime`) never imports this package; the command line and the server
-import it by name (`--nodes nodes`, the default), once.
+import it by name (`--nodes nodes`, the default), once. The ComfyUI pack (`nodes.comfyui`)
+is part of it: its nodes share our socket types, and some (LoadImage, SaveImage,
+PreviewImage, VAEDecode) serve both kinds of workflow.
 """
 
 from nodes import primitives  # noqa: F401, I001  (no torch: the engine's own smoke tests)
 from nodes import images, latents, loaders, sampling, settings, text  # noqa: F401, I001
+from nodes import comfyui, upgrades  # noqa: F401, I001

@@ -46,6 +46,11 @@ def expand(embeds: torch.Tensor, batch: int, what: str) -> torch.Tensor:
 def guidance_context(positive: Conditioning, negative: Conditioning | None, batch: int,
                      use_cfg: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The encoder states for one UNet call: `[uncond, cond]` with guidance, else `cond`."""
+    for name, value in (("positive", positive), ("negative", negative)):
+        if value is not None and not value.is_plain:
+            raise ValueError(f"Denoise: input {name!r} holds several conditioning entries or "
+                             "an area, strength, mask or timestep range; Denoise takes one "
+                             "plain prompt encoding (use KSampler for such conditioning)")
     cond = expand(positive.embeds, batch, "the positive conditioning")
     if not use_cfg:
         return cond.to(device, dtype)

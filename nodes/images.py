@@ -1,5 +1,8 @@
 """Image nodes: load, save (with the workflow inside the PNG), preview, batch, grid.
 
+LoadImage, SaveImage and PreviewImage are also ComfyUI's (same names, inputs and outputs),
+so they sit in the ComfyUI palette and serve workflows of both kinds.
+
 Saved files are never overwritten: names are `prefix_00001_.png`, `prefix_00002_.png`, ...
 (ComfyUI's pattern), written through `NumberedFiles`. Folders come from the run's context:
 images are read from its input folder, saved to its output folder, previewed in its temp
@@ -18,7 +21,7 @@ from typing import Annotated, Any, NamedTuple
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from PIL import ImageOps
+from PIL import ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from graph_runtime import Choice, Folders, Int, Text, current, folders, node
@@ -51,7 +54,7 @@ def resolve_image_path(path: str, input_dir: Path) -> Path:
 
 
 def image_fingerprint(inputs: Mapping[str, Any], folders: Folders) -> str | None:
-    path = inputs.get("path")
+    path = inputs.get("image")
     if not isinstance(path, str):
         return None
     p = resolve_image_path(path, folders.input)
@@ -82,40 +85,79 @@ def save_pngs(images: Image, files: NumberedFiles, info: PngInfo | None,
 
 
 class Loaded(NamedTuple):
-    images: Image
-    mask: Mask
+    IMAGE: Image
+    MASK: Mask
 
 
-@node("LoadImage", category="image", fingerprint=image_fingerprint, display_name="Load Image")
+def _frame_arrays(frame: PILImage.Image) -> tuple[np.ndarray, torch.Tensor | None]:
+    """One frame as RGB floats in 0..1, and 1 - alpha where it has transparency."""
+    frame = ImageOps.exif_transpose(frame)
+    if frame.mode == "I":  # 16-bit grey: scale to 8 bits, as ComfyUI does
+        frame = frame.point(lambda v: v * (1 / 255))
+    rgb = np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0
+    alpha = None
+    if "A" in frame.getbands():
+        alpha = frame.getchannel("A")
+    elif frame.mode == "P" and "transparency" in frame.info:
+        alpha = frame.convert("RGBA").getchannel("A")
+    if alpha is None:
+        return rgb, None
+    return rgb, 1.0 - torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
+
+
+@node("LoadImage", category="ComfyUI/image", fingerprint=image_fingerprint,
+      display_name="Load Image")
 def load_image(
-    path: Annotated[str, Choice(input_choices, allow_other=True, upload="image",
-                                tooltip="a file in the input folder, or a path")] = "",
+    image: Annotated[str, Choice(input_choices, allow_other=True, upload="image",
+                                 tooltip="a file in the input folder, or a path")] = "",
 ) -> Loaded:
-    """Load an image as RGB; its alpha channel becomes the mask (1 where transparent)."""
-    with PILImage.open(resolve_image_path(path, folders().input)) as raw:
-        img = ImageOps.exif_transpose(raw)
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        if "A" in img.getbands():
-            alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
-            mask = 1.0 - torch.from_numpy(alpha)
-        else:
-            mask = torch.zeros(rgb.shape[:2], dtype=torch.float32)
-    return Loaded(Image(torch.from_numpy(rgb)[None]), Mask(mask[None]))
+    """Load an image as RGB; its alpha channel becomes the mask (1 where transparent, all
+    0 without transparency). The frames of an animation (of the first frame's size) become
+    a batch."""
+    images, masks = [], []
+    with PILImage.open(resolve_image_path(image, folders().input)) as raw:
+        frames = [raw] if raw.format == "MPO" else ImageSequence.Iterator(raw)
+        for frame in frames:
+            rgb, mask = _frame_arrays(frame)
+            if images and rgb.shape != images[0].shape:
+                continue
+            images.append(rgb)
+            masks.append(mask if mask is not None else torch.zeros(rgb.shape[:2]))
+    return Loaded(Image(torch.from_numpy(np.stack(images))), Mask(torch.stack(masks)))
 
 
-@node("SaveImage", category="image", output_node=True, display_name="Save Image")
-def save_image(images: Image, filename_prefix: Annotated[str, Text()] = "noodle") -> None:
-    """Save PNGs into the output folder, each carrying the workflow that made it (tEXt
-    chunk "workflow"), so dropping it on the canvas brings the graph back."""
-    ctx = current()
+def png_info(workflow: Mapping[str, Any] | None) -> PngInfo:
+    """The text chunks a saved image carries. A run that came from ComfyUI (its workflow
+    holds "comfyui": {"prompt", "extra_pnginfo"}) is saved ComfyUI's way: the API prompt as
+    "prompt" and each extra_pnginfo key (usually its UI "workflow") as its own chunk, so
+    ComfyUI and its tools read it back; otherwise our v1 workflow as "workflow"."""
     info = PngInfo()
-    if ctx is not None and ctx.workflow is not None:
-        info.add_text("workflow", json.dumps(ctx.workflow, ensure_ascii=False))
+    if workflow is None:
+        return info
+    comfy = workflow.get("comfyui")
+    if isinstance(comfy, dict) and "prompt" in comfy:
+        info.add_text("prompt", json.dumps(comfy["prompt"]))
+        extra = comfy.get("extra_pnginfo")
+        for key, value in (extra.items() if isinstance(extra, dict) else ()):
+            info.add_text(str(key), json.dumps(value))
+        return info
+    info.add_text("workflow", json.dumps(workflow, ensure_ascii=False))
+    return info
+
+
+@node("SaveImage", category="ComfyUI/image", output_node=True, display_name="Save Image")
+def save_image(images: Image, filename_prefix: Annotated[str, Text()] = "noodle") -> None:
+    """Save PNGs into the output folder as `prefix_00001_.png`, ... (the prefix may name a
+    subfolder), each carrying the workflow that made it, so dropping it on the canvas
+    brings the graph back."""
+    ctx = current()
+    info = png_info(ctx.workflow if ctx is not None else None)
     save_pngs(images, NumberedFiles(folders().output, filename_prefix, "_.png"), info, 4,
               "output")
 
 
-@node("PreviewImage", category="image", output_node=True, display_name="Preview Image")
+@node("PreviewImage", category="ComfyUI/image", output_node=True,
+      display_name="Preview Image")
 def preview_image(images: Image) -> None:
     """Show images on the canvas without keeping them (written to the temp folder)."""
     files = NumberedFiles(folders().temp, f"preview_{secrets.token_hex(4)}", "_.png")

@@ -1,4 +1,5 @@
-"""Starting samples and the VAE crossings: noise, encode, decode, pixels to images.
+"""Starting samples and the diffusers-style VAE encode: noise, sampled encode, pixels to
+images. (VAEDecode and ComfyUI's mean-taking VAEEncode are in `nodes.comfyui.vae`.)
 
 Randomness follows the "one generator per image" recipe of diffusers' effective-and-efficient
 guide: image i of a batch draws
@@ -72,8 +73,9 @@ def random_latents(
     return seeded_noise(unet, batch_size, height // factor, width // factor, seed, extra)
 
 
-@node("RandomNoise", category="latent", output="latents", display_name="Random Noise")
-def random_noise(
+@node("RandomPixelNoise", category="latent", output="latents",
+      display_name="Random Pixel Noise")
+def random_pixel_noise(
     unet: UNet,
     width: PixelSize = 0,
     height: PixelSize = 0,
@@ -82,7 +84,7 @@ def random_noise(
 ) -> Latent:
     """Pixel-space Gaussian noise for models without a VAE (DDPM), one generator per image
     seeded `seed + i`. A size of 0 is the model's `sample_size`."""
-    require(unet, "RandomNoise", "unet")
+    require(unet, "RandomPixelNoise", "unet")
     width, height = width or native_size(unet), height or native_size(unet)
     return seeded_noise(unet, batch_size, height, width, seed, {"pixel_space": True})
 
@@ -93,24 +95,16 @@ def pixels_to_images(x: torch.Tensor) -> Image:
     return Image(x.cpu().permute(0, 2, 3, 1).float().contiguous())
 
 
-@node("VAEDecode", category="latent", output="images", display_name="VAE Decode")
-def vae_decode(vae: VAE, latents: Latent) -> Image:
-    """Latents to images: divide by the VAE's scaling factor, decode, map -1..1 to 0..1."""
-    require(vae, "VAEDecode", "vae")
-    model = vae.prepared()
-    p = next(model.parameters())
-    with torch.no_grad():
-        x = model.decode(latents.samples.to(p.device, p.dtype) / vae.scaling_factor)
-    return pixels_to_images(x)
-
-
-@node("VAEEncode", category="latent", output="latents", display_name="VAE Encode")
-def vae_encode(vae: VAE, images: Image, seed: SeedValue = 0) -> Latent:
-    """Images to latents: a sample of the VAE's latent distribution per image (generator
-    seeded `seed + i`), times the scaling factor. The generators continue into Denoise,
-    which draws img2img's noise from them."""
-    require(vae, "VAEEncode", "vae")
-    _check_size("VAEEncode", images.pixels.shape[2], images.pixels.shape[1], vae.scale_factor)
+@node("VAEEncodeSampled", category="latent", output="latents",
+      display_name="VAE Encode (Sampled)")
+def vae_encode_sampled(vae: VAE, images: Image, seed: SeedValue = 0) -> Latent:
+    """Images to latents as diffusers' img2img encodes them: a sample of the VAE's latent
+    distribution per image (generator seeded `seed + i`), times the scaling factor. The
+    generators continue into Denoise, which draws img2img's noise from them. (VAEEncode
+    takes the distribution's mean, as ComfyUI does.)"""
+    require(vae, "VAEEncodeSampled", "vae")
+    _check_size("VAEEncodeSampled", images.pixels.shape[2], images.pixels.shape[1],
+                vae.scale_factor)
     model = vae.prepared()
     p = next(model.parameters())
     x = images.pixels.permute(0, 3, 1, 2).to(p.device, p.dtype) * 2 - 1

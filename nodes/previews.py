@@ -1,7 +1,7 @@
 """Cheap step previews: a fixed linear map from latent channels to RGB, no VAE call.
 
-When the latents came from a VAE the nodes know (RandomLatents, VAEEncode), the map is a
-least-squares fit of that VAE's latents to the colours they encode, made once per model
+When the latents came from a VAE the nodes know (RandomLatents, VAEEncodeSampled), the map
+is a least-squares fit of that VAE's latents to the colours they encode, made once per model
 (`fit_projection`), so previews are right for SD, for the embedded tiny model and for any
 channel count. Otherwise 4-channel latents use SD 1.x's published factors (ComfyUI's
 "latent2rgb"), pixel-space samples are shown as they are, and any other channel count is

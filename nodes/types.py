@@ -12,7 +12,7 @@ different settings on one cached model never see each other's choice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -131,18 +131,61 @@ class Tokens:
     prompts: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class CondPart:
+    """One entry of ComfyUI-style conditioning: embeddings `[B, L, D]` and the options saying
+    where and when they apply ("area", "strength", "mask", "start_percent", "end_percent",
+    "pooled_output", ...). The options mapping is shared, never changed: copy to edit."""
+
+    embeds: torch.Tensor
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_options(self, **changes: Any) -> CondPart:
+        return CondPart(self.embeds, {**self.options, **changes})
+
+
+# Options that change nothing about where or when a part applies (SDXL's pooled output).
+PLAIN_OPTIONS = frozenset({"pooled_output"})
+
+
 @socket_type("CONDITIONING", color="#f0a35e")
 @dataclass(frozen=True, eq=False)
 class Conditioning:
-    """Text embeddings `[N, L, D]` of N prompts and the empty prompt's embedding `[1, L, D]`."""
+    """Text embeddings `[N, L, D]` of N prompts and the empty prompt's embedding `[1, L, D]`.
+
+    One value is also what ComfyUI calls a conditioning: a list of entries, each embeddings
+    plus options (an area, a strength, a timestep range). The first entry is `embeds` with
+    `options`; further entries (ConditioningCombine) are in `more`. A plain value (one entry,
+    no such options) is what our own nodes make and what Denoise takes.
+    """
 
     embeds: torch.Tensor
     uncond: torch.Tensor | None = None
     prompts: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    more: tuple[CondPart, ...] = ()
 
     @property
     def batch(self) -> int:
         return int(self.embeds.shape[0])
+
+    @property
+    def parts(self) -> tuple[CondPart, ...]:
+        """Every entry, the first one included."""
+        return (CondPart(self.embeds, self.options), *self.more)
+
+    @property
+    def is_plain(self) -> bool:
+        """One entry without area, strength, mask or timestep range."""
+        return not self.more and set(self.options) <= PLAIN_OPTIONS
+
+    @classmethod
+    def from_parts(cls, parts: Sequence[CondPart], prompts: tuple[str, ...] = ()
+                   ) -> Conditioning:
+        if not parts:
+            raise ValueError("a conditioning needs at least one entry")
+        first, *rest = parts
+        return cls(first.embeds, prompts=prompts, options=first.options, more=tuple(rest))
 
 
 def require(value: object, node_type: str, name: str) -> None:

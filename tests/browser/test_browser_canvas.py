@@ -290,7 +290,7 @@ def test_upload_image_into_a_load_image_node(page: Any, server: Any, tmp_path: A
         page.mouse.click(*page.evaluate(f"{ed}.widgetPosition('{nid}', 'upload image…')"))
     chooser.value.set_files(str(picture))
     images = wait_output_image(page, nid, 10000)
-    name = page.evaluate(f"{ed}.serialize()")["nodes"][nid]["inputs"]["path"]
+    name = page.evaluate(f"{ed}.serialize()")["nodes"][nid]["inputs"]["image"]
     assert name.endswith(".png") and len(name) == 36
     assert (server.input_dir / name).read_bytes() == picture.read_bytes()
     assert "type=input" in images[0]["src"]

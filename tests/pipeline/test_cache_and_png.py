@@ -56,8 +56,8 @@ def test_seed_change_reruns_only_noise_denoise_decode_save(
     assert "1" in again.cached
     assert again.outputs["1"]["unet"] is unet
     assert load_count == [str(tiny_sd.folder)]
-    assert not np.array_equal(first.outputs["6"]["images"].pixels,
-                              again.outputs["6"]["images"].pixels)
+    assert not np.array_equal(first.outputs["6"]["IMAGE"].pixels,
+                              again.outputs["6"]["IMAGE"].pixels)
 
     prompt = run(ex, small_txt2img(tiny_sd.folder, "4.seed=123", "2.text=a green square"),
                  tmp_path)
@@ -114,7 +114,7 @@ def test_preview_image_writes_to_the_temp_folder(tiny_sd: TinyModel, tmp_path: P
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOODLE_TEMP_DIR", str(tmp_path / "temp"))
     wf = small_txt2img(tiny_sd.folder)
-    add_nodes(wf, {"7": ("PreviewImage", {"images": link("6", "images")})})
+    add_nodes(wf, {"7": ("PreviewImage", {"images": link("6", "IMAGE")})})
     result = run(Executor(REGISTRY, OutputCache()), wf, tmp_path / "output")
     (path,) = result.files
     assert Path(path).parent == tmp_path / "temp" and Path(path).is_file()

@@ -92,13 +92,13 @@ def test_img2img_equals_diffusers(scheduler: str, tiny_sd: TinyModel, init_image
     seed, steps, strength, guidance = 11, 5, 0.6, 5.0
     prompt, negative = "a blue circle", "a red square"
     wf = shipped("img2img.json", [
-        f"1.source={tiny_sd.folder}", f"2.path={init_image}", f"3.seed={seed}",
+        f"1.source={tiny_sd.folder}", f"2.image={init_image}", f"3.seed={seed}",
         f"4.text={prompt}", f"5.text={negative}", f"6.steps={steps}",
         f"6.strength={strength}", f"6.guidance_scale={guidance}"])
     add_nodes(wf, {"9": ("SwapScheduler", {"scheduler": link("1", "scheduler"),
                                            "type": scheduler})})
     wf.nodes["6"]["inputs"]["scheduler"] = link("9", "scheduler")
-    ours = run(executor, wf, tmp_path).outputs["7"]["images"].pixels.numpy()
+    ours = run(executor, wf, tmp_path).outputs["7"]["IMAGE"].pixels.numpy()
 
     pipe = img2img_pipeline
     default = pipe.scheduler

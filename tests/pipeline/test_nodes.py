@@ -18,6 +18,7 @@ from graph_runtime.registry import REGISTRY
 from nodes import images as image_nodes
 from nodes import latents as latent_nodes
 from nodes import loaders, sampling, settings, text
+from nodes.comfyui.vae import vae_decode
 from nodes.diffusion.clip import SHIPPED_TOKENIZER
 from nodes.previews import fit_projection, latent_to_rgb
 from nodes.types import Image
@@ -87,7 +88,7 @@ def test_scheduler_state_never_leaks_between_runs(tiny_sd: TinyModel, tmp_path: 
     run(ex, shipped("txt2img_stages.json", base + ["7.seed=2"]), tmp_path)
     ex.cache.clear()
     a2 = run(ex, shipped("txt2img_stages.json", base + ["7.seed=1"]), tmp_path)
-    assert torch.equal(a.outputs["9"]["images"].pixels, a2.outputs["9"]["images"].pixels)
+    assert torch.equal(a.outputs["9"]["IMAGE"].pixels, a2.outputs["9"]["IMAGE"].pixels)
 
 
 def test_progress_previews_and_interrupt(tiny_sd: TinyModel, tmp_path: Path) -> None:
@@ -124,8 +125,8 @@ def test_efficiency_options_keep_the_image(parts: Any) -> None:
     # The option lives on the wire, not on the shared module: the plain UNet stays unsliced.
     denoise(parts.unet, parts.scheduler, cond, latents=lat, steps=1)
     assert all(getattr(m, "slice_size", None) is None for m in parts.unet.model.modules())
-    a = latent_nodes.vae_decode(parts.vae, plain).pixels
-    b = latent_nodes.vae_decode(settings.vae_options(parts.vae, True, True), plain).pixels
+    a = vae_decode(plain, parts.vae).pixels
+    b = vae_decode(plain, settings.vae_options(parts.vae, True, True)).pixels
     assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -155,9 +156,9 @@ def test_load_image_mask_from_alpha(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     PILImage.fromarray(rgba, "RGBA").save(path)
     loaded = image_nodes.load_image(str(path))
-    assert tuple(loaded.images.pixels.shape) == (1, 4, 5, 3)
-    assert float(loaded.images.pixels[0, 1, 1, 0]) == 1.0
-    assert float(loaded.mask.mask[0, 0, 0]) == 1.0 and float(loaded.mask.mask[0, 1, 1]) == 0.0
+    assert tuple(loaded.IMAGE.pixels.shape) == (1, 4, 5, 3)
+    assert float(loaded.IMAGE.pixels[0, 1, 1, 0]) == 1.0
+    assert float(loaded.MASK.mask[0, 0, 0]) == 1.0 and float(loaded.MASK.mask[0, 1, 1]) == 0.0
 
 
 def test_preview_projection_follows_the_vae(parts: Any) -> None:

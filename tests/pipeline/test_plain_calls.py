@@ -14,7 +14,8 @@ import graph_runtime
 from graph_runtime import Folders, Registry, node
 from graph_runtime.executor import Executor
 from graph_runtime.registry import REGISTRY
-from nodes.latents import random_latents, vae_decode
+from nodes.comfyui.vae import vae_decode
+from nodes.latents import random_latents
 from nodes.loaders import load_pipeline
 from nodes.sampling import denoise
 from nodes.text import text_to_conditioning
@@ -27,8 +28,8 @@ def test_a_pipeline_of_plain_calls_equals_the_graph(tmp_path: Path) -> None:
     pipe = load_pipeline("noodle-tiny", dtype="fp32", device="cpu")
     positive = text_to_conditioning(pipe.tokenizer, pipe.text_encoder, "a red circle")
     latents = random_latents(pipe.unet, pipe.vae, seed=7)
-    images = vae_decode(pipe.vae, denoise(pipe.unet, pipe.scheduler, positive,
-                                          latents=latents, steps=3))
+    images = vae_decode(denoise(pipe.unet, pipe.scheduler, positive, latents=latents,
+                                steps=3), pipe.vae)
 
     graph = wf({
         "1": ("LoadPipeline", {"dtype": "fp32", "device": "cpu"}),
@@ -41,10 +42,10 @@ def test_a_pipeline_of_plain_calls_equals_the_graph(tmp_path: Path) -> None:
             "unet": link("1", "unet"), "scheduler": link("1", "scheduler"),
             "positive": link("2", "conditioning"), "latents": link("3", "latents"),
             "steps": 3}),
-        "5": ("VAEDecode", {"vae": link("1", "vae"), "latents": link("4", "latents")})})
+        "5": ("VAEDecode", {"samples": link("4", "latents"), "vae": link("1", "vae")})})
     result = Executor(REGISTRY, folders=Folders(output=tmp_path)).run(graph, targets=["5"])
     assert result.ok, result.error
-    assert torch.equal(result.outputs["5"]["images"].pixels, images.pixels)
+    assert torch.equal(result.outputs["5"]["IMAGE"].pixels, images.pixels)
 
 
 def test_widget_defaults_are_the_functions_own() -> None:

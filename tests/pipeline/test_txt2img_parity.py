@@ -57,7 +57,7 @@ def test_stages_equal_diffusers(scheduler: str, negative: str | None, tiny_sd: T
                                 sd_pipeline, executor: Executor, tmp_path: Path) -> None:
     wf = shipped("txt2img_stages.json", stages_overrides(tiny_sd.folder, scheduler, negative))
     result = run(executor, wf, tmp_path)
-    ours = result.outputs["9"]["images"].pixels.numpy()
+    ours = result.outputs["9"]["IMAGE"].pixels.numpy()
     theirs = diffusers_images(sd_pipeline, scheduler, negative)
     assert ours.shape == theirs.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
     diff = float(np.abs(ours - theirs).max())
@@ -77,7 +77,7 @@ def test_unwired_negative_is_the_empty_prompt(tiny_sd: TinyModel, sd_pipeline,
     wf = shipped("txt2img_stages.json", stages_overrides(tiny_sd.folder, scheduler, None))
     del wf.nodes["8"]["inputs"]["negative"]
     del wf.nodes["5"], wf.nodes["6"]
-    ours = run(executor, wf, tmp_path).outputs["9"]["images"].pixels.numpy()
+    ours = run(executor, wf, tmp_path).outputs["9"]["IMAGE"].pixels.numpy()
     theirs = diffusers_images(sd_pipeline, scheduler, None)
     assert float(np.abs(ours - theirs).max()) <= TOLERANCE
 
@@ -93,6 +93,6 @@ def test_one_image_of_a_batch_remade_alone(tiny_sd: TinyModel, executor: Executo
                     + [f"3.text={PROMPTS[1]}", "3.batch=false", "7.batch_size=1",
                        f"7.seed={SEED + 1}"])
     single = run(executor, alone, tmp_path)
-    a = batch.outputs["9"]["images"].pixels[1]
-    b = single.outputs["9"]["images"].pixels[0]
+    a = batch.outputs["9"]["IMAGE"].pixels[1]
+    b = single.outputs["9"]["IMAGE"].pixels[0]
     assert float((a - b).abs().max()) <= TOLERANCE

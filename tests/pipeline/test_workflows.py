@@ -61,8 +61,8 @@ def shrunk(name: str, sd_dir: Path, ddpm_dir: Path) -> Workflow:
         inputs = nd["inputs"]
         if nd["type"] in ("LoadPipeline", "LoadVAE"):
             inputs["source"] = str(ddpm_dir if inputs["source"].endswith("ddpm") else sd_dir)
-        if nd["type"] in ("RandomLatents", "RandomNoise"):
-            inputs["width"] = inputs["height"] = 16 if nd["type"] == "RandomNoise" else 32
+        if nd["type"] in ("RandomLatents", "RandomPixelNoise"):
+            inputs["width"] = inputs["height"] = 16 if nd["type"] == "RandomPixelNoise" else 32
         if nd["type"] == "Denoise":
             inputs["steps"] = 2
     return wf
@@ -97,7 +97,7 @@ def test_prompt_variants_equal_diffusers_prompt_list(tiny_sd: TinyModel, executo
     prompts = wf.nodes["2"]["inputs"]["text"].splitlines()
     assert len(prompts) == 4
     result = run(executor, wf, tmp_path)
-    ours = result.outputs["6"]["images"].pixels.numpy()
+    ours = result.outputs["6"]["IMAGE"].pixels.numpy()
     pipe = reference_pipeline("StableDiffusionPipeline", tiny_sd.folder)
     theirs = pipe(prompt=prompts, height=IMAGE_SIZE, width=IMAGE_SIZE,
                   num_inference_steps=steps,

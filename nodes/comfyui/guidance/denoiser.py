@@ -1,0 +1,124 @@
+"""The denoiser the k-diffusion samplers call: our UNet seen through ComfyUI's conventions.
+
+D(x; sigma) scales x to unit variance, gives the UNet the trained timestep nearest to
+sigma, and turns its output into a clean-sample estimate (`DiscreteSampling`). Around that
+sits ComfyUI's guidance: every applicable conditioning entry of both sides predicts its
+area; entries whose inputs have one shape run as one batched UNet call (the negative side
+first, so plain cond + uncond is one call, as in ComfyUI); each side is the weighted average
+of its entries; classifier-free guidance combines the two estimates, and at cfg 1 the
+negative side is not evaluated at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from nodes.comfyui.guidance.conds import Applied, Entry, apply, mirror_areas, resolve
+from nodes.comfyui.types import Guider
+from nodes.diffusion.ksampling import cfg_combine, needs_uncond
+
+# Batched entries may differ in context length if one is a small multiple of the other:
+# the shorter one is repeated (attention over repeated keys is unchanged).
+MAX_CONTEXT_REPEAT = 4
+# Added to the weight sums so cells no entry covers divide to 0, not NaN.
+TINY = 1e-37
+
+
+def _context_len(applied: Applied) -> int:
+    return int(applied.entry.embeds.shape[1])
+
+
+def _batchable(a: Applied, b: Applied) -> bool:
+    if a.x.shape != b.x.shape:
+        return False
+    ea, eb = a.entry.embeds, b.entry.embeds
+    if ea.shape[2] != eb.shape[2]:
+        return False
+    la, lb = _context_len(a), _context_len(b)
+    return math.lcm(la, lb) // min(la, lb) <= MAX_CONTEXT_REPEAT
+
+
+def _to_batch(embeds: Tensor, batch: int) -> Tensor:
+    """Embeddings repeated (or cut) to the batch size of x."""
+    n = embeds.shape[0]
+    if n > batch:
+        return embeds[:batch]
+    if n < batch:
+        return embeds.repeat(math.ceil(batch / n), 1, 1)[:batch]
+    return embeds
+
+
+class GuidedDenoiser:
+    """D(x; sigma) for one sampling run of a guider over latents of a given shape."""
+
+    def __init__(self, guider: Guider, latent_shape: torch.Size, device: torch.device
+                 ) -> None:
+        model = guider.model
+        self.model = model
+        self.model_sampling = model.sampling
+        self.cfg = float(guider.cfg)
+        height, width = int(latent_shape[-2]), int(latent_shape[-1])
+        self.positive = resolve(guider.positive.parts, model.sampling, height, width, device)
+        self.negative: list[Entry] | None = None
+        if guider.negative is not None:
+            self.negative = resolve(guider.negative.parts, model.sampling, height, width,
+                                    device)
+        mirror_areas(self.positive, self.negative)
+
+    def predict(self, x: Tensor, sigma: Tensor, contexts: Tensor) -> Tensor:
+        """The UNet's clean-sample estimate for x at per-item noise levels sigma."""
+        ms = self.model_sampling
+        net = self.model.unet.prepared()
+        x_in = ms.calculate_input(sigma, x)
+        t = ms.timestep(sigma).float()
+        out = net(x_in.to(net.dtype), t, encoder_hidden_states=contexts.to(net.dtype))
+        return ms.calculate_denoised(sigma, out.float(), x)
+
+    def _run(self, jobs: list[tuple[int, Applied]], sigma: Tensor,
+             sums: list[Tensor], weights: list[Tensor]) -> None:
+        while jobs:
+            first = jobs[0][1]
+            group = [i for i, (_, a) in enumerate(jobs) if _batchable(a, first)][::-1]
+            chosen = [jobs[i] for i in group]
+            for i in sorted(group, reverse=True):
+                jobs.pop(i)
+            length = math.lcm(*(_context_len(a) for _, a in chosen))
+            batch = first.x.shape[0]
+            contexts = []
+            for _, a in chosen:
+                embeds = _to_batch(a.entry.embeds, batch)
+                contexts.append(embeds.repeat(1, length // embeds.shape[1], 1))
+            x = torch.cat([a.x for _, a in chosen])
+            outputs = self.predict(x, sigma.repeat(len(chosen)), torch.cat(contexts))
+            for (side, a), out in zip(chosen, outputs.chunk(len(chosen)), strict=True):
+                total, weight = sums[side], weights[side]
+                if a.area is not None:
+                    h, w, y, x0 = a.area
+                    total = total[:, :, y: y + h, x0: x0 + w]
+                    weight = weight[:, :, y: y + h, x0: x0 + w]
+                total += out * a.mult
+                weight += a.mult
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sides: list[list[Entry] | None] = [self.positive, None]
+        if needs_uncond(self.cfg):
+            sides[1] = self.negative
+        level = float(sigma.reshape(-1)[0])
+        jobs: list[tuple[int, Applied]] = []
+        for side, entries in enumerate(sides):
+            for entry in entries or ():
+                applied = apply(entry, x, level)
+                if applied is not None:
+                    jobs.append((side, applied))
+        sums = [torch.zeros_like(x) for _ in sides]
+        weights = [torch.full_like(x, TINY) for _ in sides]
+        self._run(jobs, sigma, sums, weights)
+        cond = sums[0] / weights[0]
+        uncond = sums[1] / weights[1] if sides[1] is not None else None
+        if uncond is None and needs_uncond(self.cfg):
+            # A guider without a negative side guides away from zero (as ComfyUI does).
+            uncond = torch.zeros_like(cond)
+        return cfg_combine(cond, uncond, self.cfg)
