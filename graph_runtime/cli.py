@@ -3,14 +3,21 @@
 These flags are a contract that shipped workflows, docs and checks rely on:
 
     noodle run FILE [--set NODE.INPUT=VALUE]... [--output-dir DIR] [--target NODE]... [--json]
+        [--extra-model-paths FILE]
     noodle validate FILE [--set ...]... [--target ...]... [--json]
     noodle nodes [--json]
-    noodle serve [--host HOST] [--port PORT] [--output-dir DIR]
+    noodle import FILE [-o OUT]
+    noodle serve [--host HOST] [--port PORT] [--output-dir DIR] [--extra-model-paths FILE]
 
 Exit codes: 0 success, 1 a node failed or the run was interrupted, 2 the workflow is
-invalid (or unreadable). With `--json`, `run` prints one JSON object per event per line
-(the last is `run_finished`; preview images are replaced by null) and an invalid workflow
-prints one `{"type": "invalid", "ok": false, "errors": [...]}` line.
+invalid (or unreadable), or so is a setting (a missing or malformed model paths file).
+With `--json`, `run` prints one JSON object per event per line (the last is
+`run_finished`; preview images are replaced by null) and an invalid workflow prints one
+`{"type": "invalid", "ok": false, "errors": [...]}` line.
+
+FILE may be a workflow in any format the node library can import (its importers register
+with `graph_runtime.workflow`), JSON or a PNG that carries one; `import` writes it out as a
+v1 workflow file.
 
 The node library is a module imported by name, once, here (default `nodes`; `--nodes` or
 env `NOODLE_NODES`, several separated by commas); importing it registers its nodes. The
@@ -34,8 +41,14 @@ from graph_runtime.cache import OutputCache, budgets_from_env, parse_bytes
 from graph_runtime.executor import Executor, RunResult, WorkflowInvalid
 from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
-from graph_runtime.settings import ENVIRONMENT, Folders, env
-from graph_runtime.workflow import Workflow, WorkflowFormatError, apply_overrides, load_workflow
+from graph_runtime.settings import ENVIRONMENT, Folders, SettingsError, check_folders, env
+from graph_runtime.workflow import (
+    Workflow,
+    WorkflowFormatError,
+    apply_overrides,
+    dumps,
+    load_workflow_file,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -76,7 +89,7 @@ def _report_invalid(errors: list[dict[str, Any]], as_json: bool) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[Workflow | None, list[dict[str, Any]]]:
     try:
-        wf = load_workflow(Path(args.file))
+        wf = load_workflow_file(Path(args.file), REGISTRY)
     except WorkflowFormatError as exc:
         return None, [{"node": None, "input": None, "code": "invalid_file",
                        "message": str(exc)}]
@@ -152,14 +165,17 @@ def _install_sigint(interrupt: threading.Event) -> None:
 
 def executor_from_args(args: argparse.Namespace) -> Executor:
     """The one executor a command uses: its cache budgets and folders from the flags, then
-    the environment overrides, then the defaults."""
+    the environment overrides, then the defaults. The node library's checks run on the
+    folders here, so a bad settings file stops the command before any work."""
     budgets: dict[str, int | None] = dict(budgets_from_env())
     if getattr(args, "cache_cpu_bytes", None):
         budgets["cpu"] = parse_bytes(args.cache_cpu_bytes)
     if getattr(args, "cache_cuda_bytes", None):
         budgets["cuda"] = parse_bytes(args.cache_cuda_bytes)
     folders = Folders.from_env(output=getattr(args, "output_dir", None),
-                               models=getattr(args, "models_dir", None))
+                               models=getattr(args, "models_dir", None),
+                               model_paths_file=getattr(args, "extra_model_paths", None))
+    check_folders(folders)
     return Executor(REGISTRY, OutputCache(budgets), folders)
 
 
@@ -227,6 +243,29 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Convert a file in any importable format to a v1 workflow file (or stdout). Problems
+    the result still has (node types not installed, say) are listed, not fatal: the file
+    is worth having to fix them in."""
+    load_node_library(args.nodes)
+    try:
+        wf = load_workflow_file(Path(args.file), REGISTRY)
+    except WorkflowFormatError as exc:
+        print(f"noodle import: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    problems = validate(wf, REGISTRY, folders=Folders.from_env())
+    if args.output:
+        Path(args.output).write_text(dumps(wf), encoding="utf-8")
+        print(f"wrote {args.output} ({len(wf.nodes)} nodes)", file=sys.stderr)
+    else:
+        sys.stdout.write(dumps(wf))
+    if problems:
+        print(f"note: it does not validate yet ({len(problems)} problem(s)):", file=sys.stderr)
+        for err in problems:
+            print("  " + _format_error(err), file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the web server; imported lazily so headless use never loads aiohttp."""
     load_node_library(args.nodes)
@@ -246,12 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-cuda-bytes", default=None,
                        help="cache budget on the GPU (default: $NOODLE_CACHE_CUDA_BYTES)")
     wfargs = argparse.ArgumentParser(add_help=False)
-    wfargs.add_argument("file", help="workflow JSON file")
+    wfargs.add_argument("file", help="workflow file: JSON in any importable format, or a "
+                                     "PNG that carries a workflow")
     wfargs.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                         help="override an input (JSON where it parses, else a string)")
     wfargs.add_argument("--target", action="append", metavar="NODE",
                         help="run only this node and what it needs (repeatable)")
     wfargs.add_argument("--json", action="store_true", help="machine-readable output")
+    paths = argparse.ArgumentParser(add_help=False)
+    paths.add_argument("--extra-model-paths", default=None, metavar="FILE",
+                       help="a file naming more model folders, in the extra_model_paths.yaml "
+                            "format; they are used in place (default: "
+                            "$NOODLE_EXTRA_MODEL_PATHS)")
 
     variables = "\n".join(f"  {name:<24} {text}" for name, text in ENVIRONMENT.items())
     parser = argparse.ArgumentParser(prog="noodle", description="Noodle: node-graph "
@@ -259,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="environment variables:\n" + variables,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", parents=[common, cache, wfargs], help="run a workflow")
+    run = sub.add_parser("run", parents=[common, cache, wfargs, paths], help="run a workflow")
     run.add_argument("--output-dir", default="output", help="where files go (default: output)")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", parents=[common, wfargs], help="check a workflow")
@@ -267,7 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser("nodes", parents=[common], help="list node types")
     nodes.add_argument("--json", action="store_true", help="every node's schema as JSON")
     nodes.set_defaults(func=cmd_nodes)
-    serve = sub.add_parser("serve", parents=[common, cache], help="start the web canvas")
+    imp = sub.add_parser("import", parents=[common], help="convert another tool's workflow "
+                         "(JSON or PNG) to a Noodle workflow file")
+    imp.add_argument("file", help="the workflow file or PNG to convert")
+    imp.add_argument("-o", "--output", default=None, metavar="OUT",
+                     help="where to write the v1 workflow (default: stdout)")
+    imp.set_defaults(func=cmd_import)
+    serve = sub.add_parser("serve", parents=[common, cache, paths], help="start the web canvas")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--output-dir", default="output")
@@ -286,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except SettingsError as exc:
+        print(f"noodle {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return EXIT_FAILED

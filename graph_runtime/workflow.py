@@ -9,25 +9,37 @@ needs the node library and should report every problem at once.
 Round trips are lossless: node dicts are kept as loaded (unknown keys included) and unknown
 top-level keys are kept in `Workflow.extra`, so a file written by a newer front end survives
 being loaded and saved by this one.
+
+Other tools' formats come in through importers: a node library registers a function that
+turns a parsed document of its format into a v1 dict (`register_importer`), and
+`import_workflow` / `load_workflow_file` try v1 first, then each importer in turn. A PNG is
+read for its text chunks, the `workflow` chunk first, so an image made by any tool whose
+format has an importer opens like a file. The engine itself knows no format but its own.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import struct
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from graph_runtime.registry import Registry
 
 FORMAT = "noodle.workflow"
 VERSION = 1
 _KNOWN_TOP = frozenset({"format", "version", "name", "description", "nodes", "ui"})
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class WorkflowFormatError(ValueError):
     """The file is not a well-formed v1 workflow. The message names where in the file."""
 
     def __init__(self, message: str, where: str = "") -> None:
-        self.where = where
+        self.where, self.message = where, message
         super().__init__(f"{where}: {message}" if where else message)
 
 
@@ -97,6 +109,19 @@ def _check_node(nid: str, nd: Any) -> None:
         raise WorkflowFormatError("\"ui\" must be an object", where + ".ui")
 
 
+# A node library's upgrade of documents saved before it renamed node types or inputs: a
+# checked v1 dict in, the same dict (nothing to change) or a new one out, never edited.
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+_UPGRADES: list[Upgrade] = []
+
+
+def register_upgrade(fn: Upgrade) -> None:
+    """Pass every v1 document `from_dict` reads from now on through `fn` (once per
+    function), so files saved by an older node library keep loading."""
+    if fn not in _UPGRADES:
+        _UPGRADES.append(fn)
+
+
 def from_dict(data: Any) -> Workflow:
     """Check the shape of a parsed v1 document and wrap it (the dicts are not copied)."""
     if not isinstance(data, dict):
@@ -120,6 +145,9 @@ def from_dict(data: Any) -> Workflow:
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise WorkflowFormatError(f"\"{key}\" must be a string", key)
+    for upgrade in _UPGRADES:
+        data = upgrade(data)
+    nodes = data["nodes"]
     extra = {k: v for k, v in data.items() if k not in _KNOWN_TOP}
     present = frozenset(k for k in ("name", "description", "ui") if k in data)
     return Workflow(nodes=dict(nodes), ui=ui, name=data.get("name", ""),
@@ -192,3 +220,126 @@ def apply_overrides(wf: Workflow, overrides: list[str]) -> list[dict[str, Any]]:
         new_inputs[iname] = parse_value(raw)
         wf.nodes[nid] = {**nd, "inputs": new_inputs}
     return errors
+
+
+# ---------------------------------------------------------------------------- importers
+# A parsed document (or a PNG's text chunks, see `import_workflow`) -> a v1 dict, or None
+# when the document is not in the importer's format. An importer that recognises its
+# format but finds it broken raises WorkflowFormatError saying where.
+Importer = Callable[[Any, "Registry"], "dict[str, Any] | None"]
+_IMPORTERS: dict[str, Importer] = {}
+
+
+def register_importer(name: str, fn: Importer) -> None:
+    """Make `import_workflow` try `fn` on documents that are not v1; `name` is the format
+    name it reports (e.g. "other-tool-ui"). Registering a name again replaces it."""
+    _IMPORTERS[name] = fn
+
+
+def importers() -> dict[str, Importer]:
+    """The registered importers by format name, in the order they are tried."""
+    return dict(_IMPORTERS)
+
+
+def _is_png(data: Any) -> bool:
+    return isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:8]) == PNG_SIGNATURE
+
+
+def png_text_chunks(data: bytes) -> dict[str, str]:
+    """The text chunks (tEXt, zTXt, iTXt) of a PNG by keyword, in file order. A plain reader
+    of the chunk layout, so the engine needs no imaging library to open a workflow."""
+    if bytes(data[:8]) != PNG_SIGNATURE:
+        raise WorkflowFormatError("not a PNG file", "png")
+    out: dict[str, str] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = bytes(data[pos + 8:pos + 8 + length])
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+        if kind not in (b"tEXt", b"zTXt", b"iTXt") or b"\0" not in body:
+            continue
+        key_raw, rest = body.split(b"\0", 1)
+        key = key_raw.decode("latin-1")
+        try:
+            if kind == b"tEXt":
+                out[key] = rest.decode("latin-1")
+            elif kind == b"zTXt":
+                out[key] = zlib.decompress(rest[1:]).decode("latin-1")
+            else:
+                compressed, text = rest[0], rest[2:].split(b"\0", 2)[-1]
+                out[key] = (zlib.decompress(text) if compressed else text).decode("utf-8")
+        except (zlib.error, UnicodeDecodeError, IndexError):
+            continue  # a damaged chunk; another may still hold a workflow
+    return out
+
+
+def _import_document(data: Any, registry: Registry) -> tuple[Workflow, str]:
+    if isinstance(data, dict) and "format" in data:
+        return from_dict(data), "noodle"
+    for name, fn in _IMPORTERS.items():
+        converted = fn(data, registry)
+        if converted is not None:
+            return from_dict(converted), name
+    kinds = ", ".join(["noodle", *_IMPORTERS])
+    raise WorkflowFormatError(f"not a workflow in a known format (known: {kinds})", "top level")
+
+
+def _import_png(data: bytes, registry: Registry) -> Workflow:
+    chunks = png_text_chunks(data)
+    order = sorted(chunks, key=lambda key: key != "workflow")  # ours first, then file order
+    first_error: WorkflowFormatError | None = None
+    for key in order:
+        try:
+            document = json.loads(chunks[key])
+        except ValueError:
+            continue
+        try:
+            return _import_document(document, registry)[0]
+        except WorkflowFormatError as exc:
+            first_error = first_error or WorkflowFormatError(
+                exc.message, f"png chunk {key!r}" + (f" {exc.where}" if exc.where else ""))
+    if first_error is not None:
+        raise first_error
+    raise WorkflowFormatError("this PNG carries no workflow", "png")
+
+
+def import_workflow(data: Any, registry: Registry) -> tuple[Workflow, str]:
+    """A workflow from a parsed JSON document in any known format, or from the bytes of a
+    PNG that carries one. Returns it with the name of the format it was read from
+    ("noodle", an importer's name, or "png")."""
+    if _is_png(data):
+        return _import_png(bytes(data), registry), "png"
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            data = json.loads(bytes(data).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WorkflowFormatError("neither a PNG nor JSON text", "top level") from exc
+    return _import_document(data, registry)
+
+
+def load_workflow_file(path: Path | str, registry: Registry) -> Workflow:
+    """A workflow file in any known format, JSON or PNG (told apart by content). A file in
+    another tool's format gets the file's stem as its name when it has none."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise WorkflowFormatError(f"cannot read: {exc.strerror or exc}", str(path)) from exc
+    try:
+        if _is_png(raw):
+            wf, kind = _import_png(raw, registry), "png"
+        else:
+            try:
+                document = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise WorkflowFormatError("neither a PNG nor UTF-8 text", "") from exc
+            except json.JSONDecodeError as exc:
+                raise WorkflowFormatError(f"not valid JSON: {exc.msg}", _json_where(exc)) from exc
+            wf, kind = _import_document(document, registry)
+    except WorkflowFormatError as exc:
+        raise WorkflowFormatError(exc.message, f"{path} {exc.where}".strip()) from exc
+    if kind != "noodle" and not wf.name:
+        wf.name = path.stem
+    return wf

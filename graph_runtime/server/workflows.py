@@ -6,6 +6,10 @@ for `GET /api/workflows/{name}`; `?source=shipped` always reads the shipped file
 through a temporary file and a rename, so a crash never leaves half a workflow behind.
 Saved documents must be well-formed v1 workflows (shape only: a workflow that does not
 validate yet is still worth saving).
+
+`POST /api/workflows/import` takes a file as it is (JSON in any importable format, or a
+PNG carrying a workflow) and answers the v1 workflow, so the canvas opens other tools'
+files through the same importers as `noodle import`, without a converter of its own.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from typing import Any
 
 from aiohttp import web
 
+from graph_runtime.registry import Registry
 from graph_runtime.server.responses import error_response
-from graph_runtime.workflow import WorkflowFormatError, from_dict
+from graph_runtime.server.security import Handler
+from graph_runtime.workflow import WorkflowFormatError, from_dict, import_workflow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$")
 MAX_WORKFLOW_BYTES = 8 * 2**20
-
+MAX_IMPORT_BYTES = 64 * 2**20  # a PNG carrying a workflow may be a large picture
 
 
 def clean_name(raw: str) -> str | None:
@@ -115,3 +121,22 @@ class WorkflowStore:
         if self.shipped_dir is not None and (self.shipped_dir / f"{name}.json").is_file():
             return error_response(403, "read_only", "shipped workflows are read-only")
         return error_response(404, "not_found", f"no workflow named {name!r}")
+
+
+def import_handler(registry: Registry) -> Handler:
+    """`POST /api/workflows/import`: the request body is the file itself; the answer is
+    `{"workflow": v1, "format": name}`, or 400 saying why the file cannot be read."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_IMPORT_BYTES:
+            return error_response(413, "too_large", "file too large to import")
+        body = await request.read()
+        if not body:
+            return error_response(400, "invalid_request", "send the file as the request body")
+        try:
+            wf, kind = import_workflow(body, registry)
+        except WorkflowFormatError as exc:
+            return error_response(400, "invalid_format", str(exc))
+        return web.json_response({"workflow": wf.to_dict(), "format": kind})
+
+    return handle

@@ -30,6 +30,14 @@ export const api = {
     call("GET", `/api/workflows/${encodeURIComponent(name)}${source ? `?source=${source}` : ""}`),
   saveWorkflow: (name, doc) => call("PUT", `/api/workflows/${encodeURIComponent(name)}`, doc),
   deleteWorkflow: (name) => call("DELETE", `/api/workflows/${encodeURIComponent(name)}`),
+  // Any importable file (JSON or PNG) as it is -> {workflow: v1, format}.
+  importWorkflow: async (file) => {
+    const headers = { "Content-Type": file.type || "application/octet-stream" };
+    const resp = await fetch("/api/workflows/import", { method: "POST", headers, body: file });
+    const data = await resp.json().catch(() => null);
+    if (!resp.ok) throw new ApiError(resp.status, data?.errors);
+    return data;
+  },
   uploadImage: async (file) => {
     const form = new FormData();
     form.append("image", file, file.name);

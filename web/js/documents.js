@@ -1,9 +1,11 @@
 // The open workflow as a document: its name and where it came from (user / shipped / file),
 // kept in localStorage across reloads, opened, saved, renamed, deleted, downloaded, dropped.
+// A dropped or opened file that is not a v1 workflow (a PNG, another tool's JSON) is sent to
+// the server as it is, which converts it with the same importers as `noodle import`.
 
 import { api } from "./api.js";
 import { askName, toast } from "./dialogs.js";
-import { workflowFromPng } from "./png.js";
+import { FORMAT } from "./graph/convert.js";
 
 const STORE_KEY = "noodle.workflow.v1";
 const DEFAULT_WORKFLOW = { name: "txt2img", source: "shipped" };
@@ -129,15 +131,15 @@ export class Documents {
 
   async loadFile(file) {
     try {
-      let doc;
-      if (file.type === "image/png" || /\.png$/i.test(file.name)) {
-        doc = await workflowFromPng(await file.arrayBuffer());
-        if (!doc) throw new Error("this PNG carries no workflow");
-      } else {
-        doc = JSON.parse(await file.text());
+      let doc = null;
+      let format = "noodle";
+      if (!(file.type === "image/png" || /\.png$/i.test(file.name))) {
+        const parsed = JSON.parse(await file.text());
+        if (parsed?.format === FORMAT) doc = parsed;
       }
+      if (!doc) ({ workflow: doc, format } = await api.importWorkflow(file));
       this.loadDoc(doc, { name: doc.name || file.name.replace(/\.(json|png)$/i, ""), source: null });
-      toast(`Loaded ${file.name}`, "ok");
+      toast(`Loaded ${file.name}${format === "noodle" || format === "png" ? "" : ` (${format})`}`, "ok");
     } catch (err) {
       toast(`Cannot load ${file.name}: ${err.message}`, "error");
     }

@@ -1,0 +1,123 @@
+"""ComfyUI files on the canvas: dropped or opened, converted by the server, shown as a graph;
+with the ComfyUI node pack installed, its default workflow wired and run."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+import nodes.comfyui.importer  # noqa: F401  (the server converts with these importers)
+from graph_runtime.workflow import import_workflow
+from tests.support.comfy_standins import ENCODE, with_subgraph
+
+pytestmark = pytest.mark.browser
+templates = pytest.importorskip("comfyui_workflow_templates")
+
+DEFAULT_LINKS = {"3": ["model", "positive", "negative", "latent_image"], "4": [], "5": [],
+                 "6": ["clip"], "7": ["clip"], "8": ["samples", "vae"], "9": ["images"]}
+
+
+def default_json() -> str:
+    from tools.comfy_templates import templates_dir
+
+    return (templates_dir() / "default.json").read_text(encoding="utf-8")
+
+
+def drop(page: Any, name: str, payload: str | bytes, mime: str) -> None:
+    """Drop a file on the canvas the way a desktop drag does."""
+    data = list(payload.encode() if isinstance(payload, str) else payload)
+    page.evaluate("""([name, data, mime]) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(data)], name, {type: mime}));
+        document.querySelector("#graph").dispatchEvent(new DragEvent("drop",
+            {dataTransfer: dt, bubbles: true, cancelable: true, clientX: 500, clientY: 300}));
+    }""", [name, data, mime])
+
+
+def links_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {nid: {k: v for k, v in nd["inputs"].items() if isinstance(v, dict) and "from" in v}
+            for nid, nd in doc["nodes"].items()}
+
+
+def test_dropping_comfyuis_default_json_opens_the_converted_graph(page: Any,
+                                                                   server: Any) -> None:
+    text = default_json()
+    drop(page, "default.json", text, "application/json")
+    page.wait_for_function("() => document.querySelector('#workflow-name')"
+                           ".textContent.startsWith('default')")
+    assert sorted(n["id"] for n in page.evaluate("window.noodle.editor.summary()")) == sorted(
+        DEFAULT_LINKS)
+    expected = import_workflow(json.loads(text), server.registry)[0].to_dict()
+    shown = page.evaluate("window.noodle.editor.serialize()")
+    assert {nid: nd["type"] for nid, nd in shown["nodes"].items()} == {
+        nid: nd["type"] for nid, nd in expected["nodes"].items()}
+    assert links_of(shown) == links_of(expected)  # drawn or kept as written
+    assert shown["comfyui"]["prompt"] == expected["comfyui"]["prompt"]
+
+
+def test_opening_a_comfyui_png_from_the_menu(page: Any, server: Any, tmp_path: Any) -> None:
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 12}, "_meta": {"title": "Twelve"}},
+              "2": {"class_type": "ShowInt", "inputs": {"value": ["1", 0]}}}
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(prompt))
+    picture = tmp_path / "from comfy.png"
+    Image.new("RGB", (8, 8), "orange").save(picture, pnginfo=info)
+    page.set_input_files("#file-input", str(picture))
+    page.wait_for_function("() => window.noodle.editor.summary().length === 2")
+    nodes = {n["id"]: n for n in page.evaluate("window.noodle.editor.summary()")}
+    assert nodes["1"]["title"] == "Twelve" and nodes["1"]["widgets"]["value"] == 12
+    assert nodes["2"]["links"] == ["value"]
+    assert page.text_content("#workflow-name").startswith("from comfy")
+    assert page.problems == []
+
+
+def test_flattened_subgraph_nodes_keep_their_ids_on_the_canvas(page: Any, server: Any) -> None:
+    doc = with_subgraph(ENCODE)
+    drop(page, "nested.json", json.dumps(doc), "application/json")
+    page.wait_for_function("() => window.noodle.editor.summary().length === 7")
+    shown = page.evaluate("window.noodle.editor.serialize()")
+    expected = import_workflow(doc, server.registry)[0].to_dict()
+    assert sorted(shown["nodes"]) == sorted(expected["nodes"]) and "6:1" in shown["nodes"]
+    assert links_of(shown) == links_of(expected)
+
+
+def test_a_file_nothing_can_read_is_reported(page: Any) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), "orange").save(out, format="PNG")
+    before = page.evaluate("window.noodle.editor.serialize()")
+    drop(page, "plain.png", out.getvalue(), "image/png")
+    page.wait_for_selector(".toast.error")
+    assert "carries no workflow" in page.text_content(".toast.error")
+    assert page.evaluate("window.noodle.editor.serialize()")["nodes"] == before["nodes"]
+
+
+def test_comfyuis_default_workflow_is_wired_and_runs(page: Any, server: Any) -> None:
+    if "KSampler" not in server.registry:
+        pytest.skip("the ComfyUI node pack is not registered")
+    drop(page, "default.json", default_json(), "application/json")
+    page.wait_for_function("() => window.noodle.editor.summary().length === 7")
+    summary = {n["id"]: n for n in page.evaluate("window.noodle.editor.summary()")}
+    assert {nid: sorted(n["links"]) for nid, n in summary.items()} == {
+        nid: sorted(names) for nid, names in DEFAULT_LINKS.items()}
+    assert not page.is_visible("#messages li.error")
+    ed = "window.noodle.editor"
+    ckpt = page.evaluate(f"{ed}.node('4').widgets.find(w => w.name === 'ckpt_name')"
+                         ".options.values.find(v => v.includes('noodle-tiny'))")
+    assert ckpt, "the shipped tiny model is not offered as a checkpoint"
+    for nid, name, value in (("4", "ckpt_name", ckpt), ("5", "width", 64), ("5", "height", 64),
+                             ("3", "steps", 2)):
+        page.evaluate(f"([n, w, v]) => {ed}.setWidget(n, w, v)", [nid, name, value])
+    page.click("#graph")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(f"() => {ed}.outputImages('9').some(i => i.loaded)", timeout=120000)
+    src = page.evaluate(f"{ed}.outputImages('9')")[0]["src"]
+    png = page.request.get(src)
+    assert png.status == 200 and png.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(png.body())) as img:
+        assert img.size == (64, 64)
+    assert page.problems == []
