@@ -213,10 +213,11 @@ class Executor:
         prepared = self._prepare(wf, order)
         sigs = self._sign(prepared, folders)
         emit = Emitter(on_event, run_id)
-        emit({"type": "run_started", "nodes": order})
         roots = set(targets) if targets else {n for n in order
                                               if prepared[n].definition.output_node}
         hits, to_run = self._lookup(order, prepared, sigs, roots)
+        emit({"type": "run_started", "nodes": order,
+              "cached": [n for n in order if n in hits]})
         state = _RunState(order, prepared, roots, to_run, RunResult(signatures=sigs))
         call = NodeCall(emit, interrupt, folders, wf.to_dict(), lambda: self._free(state))
         result = state.result

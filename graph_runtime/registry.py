@@ -237,6 +237,7 @@ class Registry:
     def __init__(self) -> None:
         self._defs: dict[str, NodeDef] = {}
         self.socket_types: dict[str, SocketType] = {t.name: t for t in PRIMITIVE_TYPES}
+        self._providers: dict[str, Callable[..., Any]] = {}
 
     def add(self, definition: NodeDef) -> NodeDef:
         existing = self._defs.get(definition.name)
@@ -268,6 +269,16 @@ class Registry:
 
     def get(self, name: str) -> NodeDef | None:
         return self._defs.get(name)
+
+    def provide(self, name: str, fn: Callable[..., Any]) -> None:
+        """Offer a named service to the engine's front ends (e.g. the model lists a client
+        protocol reports). The engine asks by name and never learns what the library is
+        about; a later registration under the same name replaces the earlier one."""
+        self._providers[name] = fn
+
+    def provider(self, name: str) -> Callable[..., Any] | None:
+        """The service registered under `name`, or None when the node library offers none."""
+        return self._providers.get(name)
 
     def __getitem__(self, name: str) -> NodeDef:
         return self._defs[name]

@@ -15,7 +15,11 @@ message}]}` with a 4xx status, the same shape validation uses):
     POST   /api/upload/image       multipart field "image" -> {name, subfolder, type: "input"}
     GET    /api/workflows          {"workflows": [{name, source: user|shipped, description}]}
     GET    /api/workflows/{name}   PUT (save to the user folder), DELETE (user folder only)
+    POST   /api/workflows/import   body: a file in any importable format -> {workflow, format}
     GET    /ws?client_id=          events, see `hub` and `prompt_queue`
+
+ComfyUI's API is served beside ours, at its bare paths and under `/api/` (see `comfy`);
+where a path is in both, one handler tells the two apart by the request.
 
 The node library is never imported here: the executor arrives with its registry filled,
 and with the folders every route and every run uses.
@@ -30,12 +34,13 @@ from aiohttp import web
 
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
+from graph_runtime.server.comfy.routes import ComfyApi, Handler, Route
 from graph_runtime.server.files import MAX_UPLOAD_BYTES, upload_handler, view_handler
 from graph_runtime.server.hub import Hub
 from graph_runtime.server.prompt_queue import PromptQueue
 from graph_runtime.server.responses import dumps, error_response, errors_response
 from graph_runtime.server.security import is_loopback_bind, security_middleware
-from graph_runtime.server.workflows import WorkflowStore
+from graph_runtime.server.workflows import WorkflowStore, import_handler
 from graph_runtime.workflow import WorkflowFormatError, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +103,17 @@ class Api:
         return web.json_response({"prompt_id": pid, "result": outcome})
 
     async def interrupt(self, request: web.Request) -> web.Response:
-        return web.json_response({"interrupted": self.queue.interrupt()})
+        """Interrupt the running prompt; `{"prompt_id": ...}` (ComfyUI's form) only if it is
+        that one. Answers with the id interrupted (null: none)."""
+        target = None
+        if await request.read():
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("prompt_id") is not None:
+                target = str(body["prompt_id"])
+        return web.json_response({"interrupted": self.queue.interrupt(target)})
 
     async def history(self, request: web.Request) -> web.Response:
         return web.json_response(self.queue.history(), dumps=dumps)
@@ -120,21 +135,25 @@ class Api:
     async def on_cleanup(self, app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.queue.stop)
 
-    def install(self, app: web.Application) -> None:
+    def routes(self) -> dict[Route, Handler]:
+        return {
+            ("GET", "/"): self.index, ("GET", "/api/nodes"): self.nodes,
+            ("GET", "/api/types"): self.types, ("POST", "/api/prompt"): self.prompt,
+            ("GET", "/api/queue"): self.get_queue,
+            ("DELETE", "/api/queue/{prompt_id}"): self.delete_queue,
+            ("POST", "/api/interrupt"): self.interrupt, ("GET", "/api/history"): self.history,
+            ("GET", "/api/history/{prompt_id}"): self.history_one,
+            ("GET", "/ws"): self.hub.handle,
+        }
+
+    def install(self, app: web.Application, routes: dict[Route, Handler]) -> None:
+        """Add `routes` (ours, some replaced by handlers shared with another API)."""
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.on_shutdown)
         app.on_cleanup.append(self.on_cleanup)
         r = app.router
-        r.add_get("/", self.index)
-        r.add_get("/api/nodes", self.nodes)
-        r.add_get("/api/types", self.types)
-        r.add_post("/api/prompt", self.prompt)
-        r.add_get("/api/queue", self.get_queue)
-        r.add_delete("/api/queue/{prompt_id}", self.delete_queue)
-        r.add_post("/api/interrupt", self.interrupt)
-        r.add_get("/api/history", self.history)
-        r.add_get("/api/history/{prompt_id}", self.history_one)
-        r.add_get("/ws", self.hub.handle)
+        for (method, path), handler in routes.items():
+            r.add_route(method, path, handler)
         for sub in ("js", "css", "lib"):
             if (self.web_dir / sub).is_dir():
                 r.add_static(f"/{sub}/", self.web_dir / sub, append_version=False)
@@ -156,15 +175,22 @@ def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
     hub.greeting = queue.status
     app[HUB_KEY] = hub
     app[QUEUE_KEY] = queue
-    Api(executor, queue, hub, Path(web_dir)).install(app)
+    served = {"output": folders.output, "input": folders.input, "temp": folders.temp}
+    view = view_handler(served)
+    api = Api(executor, queue, hub, Path(web_dir))
+    comfy = ComfyApi(executor, queue, hub, served, view, max_upload_bytes)
+    ours = api.routes()
+    ours[("GET", "/api/view")] = view
+    ours[("POST", "/api/upload/image")] = upload_handler(folders.input, max_upload_bytes)
+    ours.update(comfy.shared(ours))
+    api.install(app, ours)
+    comfy.install(app, taken=set(ours))
     store = WorkflowStore(folders.user / "workflows",
                           Path(workflows_dir) if workflows_dir is not None else None)
     r = app.router
-    r.add_get("/api/view", view_handler({"output": folders.output, "input": folders.input,
-                                         "temp": folders.temp}))
-    r.add_post("/api/upload/image", upload_handler(folders.input, max_upload_bytes))
     r.add_get("/api/workflows", store.list)
     r.add_get("/api/workflows/{name}", store.get)
     r.add_put("/api/workflows/{name}", store.put)
     r.add_delete("/api/workflows/{name}", store.delete)
+    r.add_post("/api/workflows/import", import_handler(executor.registry))
     return app

@@ -8,6 +8,10 @@ spelled one — ComfyUI #12285). Only raster image types are served inline; ever
 (HTML, SVG, JavaScript, ...) is sent as an attachment with `nosniff`, so a file in the
 output folder can never run script in our origin.
 
+The view route also takes ComfyUI's extras, so one handler serves both APIs: a file name
+annotated with its folder (`x.png [input]`), `preview=webp;90` / `jpeg;90` (re-encoded)
+and `channel=rgb` / `a` (colour only, or the alpha channel as an image).
+
 Uploads must be real raster images: the bytes are size-limited, Pillow must identify and
 `verify()` them, and the pixel count is bounded before anything is decoded (decompression
 bombs). The stored name is the SHA-256 of the content, so uploading the same image twice
@@ -16,6 +20,7 @@ stores it once and a client can never choose a path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import re
@@ -32,11 +37,17 @@ UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif",
 MAX_UPLOAD_BYTES = 32 * 2**20
 MAX_UPLOAD_PIXELS = 8192 * 8192
 _PERCENT_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+_ANNOTATED = re.compile(r"^(.*) \[(output|input|temp)\]$")
 FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
 class UnsafePath(ValueError):
     """A requested file name that could point outside its folder."""
+
+
+def check_parts(text: str, what: str, allow_slash: bool) -> list[str]:
+    """The path parts of a client-supplied name, or `UnsafePath` if it could escape."""
+    return _check_part(text, what, allow_slash)
 
 
 def _check_part(text: str, what: str, allow_slash: bool) -> list[str]:
@@ -78,18 +89,30 @@ def view_handler(folders: dict[str, Path]):  # type: ignore[no-untyped-def]
     """`GET /api/view?filename=&type=output|input|temp&subfolder=`."""
 
     async def view(request: web.Request) -> web.StreamResponse:
-        kind = request.query.get("type", "output")
+        filename, kind = split_annotation(request.query.get("filename", ""),
+                                          request.query.get("type", "output"))
         if kind not in folders:
             return error_response(400, "invalid_type", f"type must be one of {sorted(folders)}")
         try:
-            path = safe_join(folders[kind], request.query.get("subfolder", ""),
-                             request.query.get("filename", ""))
+            path = safe_join(folders[kind], request.query.get("subfolder", ""), filename)
         except UnsafePath as exc:
             return error_response(400, "unsafe_path", str(exc))
         except (FileNotFoundError, OSError):
             return error_response(404, "not_found", "no such file")
-        response = web.FileResponse(path)
         inline = INLINE_TYPES.get(path.suffix.lower())
+        preview, channel = request.query.get("preview"), request.query.get("channel", "rgba")
+        if inline is not None and (preview or channel in ("rgb", "a")):
+            loop = asyncio.get_running_loop()
+            try:
+                body, ctype = await loop.run_in_executor(None, transcode, path, preview, channel)
+            except ValueError as exc:
+                return error_response(400, "invalid_image", str(exc))
+            response = web.Response(body=body, content_type=ctype)
+            response.headers["Content-Disposition"] = f'inline; filename="{path.name}"'
+            response.headers["Content-Security-Policy"] = FILE_CSP
+            response.headers["Cache-Control"] = "no-cache"
+            return response
+        response = web.FileResponse(path)
         if inline is not None:
             response.content_type = inline
             response.headers["Content-Disposition"] = f'inline; filename="{path.name}"'
@@ -101,6 +124,43 @@ def view_handler(folders: dict[str, Path]):  # type: ignore[no-untyped-def]
         return response
 
     return view
+
+
+def split_annotation(filename: str, kind: str) -> tuple[str, str]:
+    """`name.png [input]` -> (`name.png`, `input`): the folder written after the name (as
+    ComfyUI's image widgets write it) wins over the `type` parameter."""
+    match = _ANNOTATED.match(filename)
+    if match is None:
+        return filename, kind
+    return match.group(1), match.group(2)
+
+
+def transcode(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
+    """The image at `path` re-encoded: `preview` is `webp;Q` or `jpeg;Q`; `channel` `rgb`
+    drops alpha, `a` keeps only alpha (as a black image with that alpha). Bounded like an
+    upload, so a huge file in the output folder cannot exhaust memory here."""
+    from PIL import Image
+
+    check_image(path.read_bytes())
+    with Image.open(path) as img:
+        img.load()
+        if channel == "a":
+            alpha = img.getchannel("A") if "A" in img.getbands() else Image.new(
+                "L", img.size, 255)
+            img = Image.new("RGBA", img.size)
+            img.putalpha(alpha)
+        elif channel == "rgb":
+            img = img.convert("RGB")
+        fmt, quality = "png", 90
+        if preview:
+            kind, _, rest = preview.partition(";")
+            fmt = kind if kind in ("webp", "jpeg") and channel != "a" else "webp"
+            quality = int(rest) if rest.isdigit() else 90
+            if fmt == "jpeg":
+                img = img.convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, format=fmt.upper(), quality=max(1, min(quality, 100)))
+    return buf.getvalue(), f"image/{fmt}"
 
 
 def check_image(data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> str:

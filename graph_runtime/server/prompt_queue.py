@@ -7,39 +7,52 @@ unexpected) is recorded in the history and the worker carries on with the next o
 
 History lives in memory (newest last, bounded), like ComfyUI's; the files it points to stay
 in the output folder.
+
+Other client protocols (ComfyUI's, in `comfy`) watch the same queue through
+`QueueListener`s rather than a queue of their own, so every prompt, whichever API sent it,
+shares one order, one worker and one history. Pending prompts run lowest `number` first;
+numbers count up, so that is submission order unless a client asks for a place.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import io
 import itertools
+import logging
 import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from graph_runtime.context import file_ref
 from graph_runtime.executor import Executor, WorkflowInvalid
 from graph_runtime.workflow import Workflow
 
 Publish = Callable[[dict[str, Any], "str | None"], None]
+log = logging.getLogger("noodle.server")
 PREVIEW_MAX_SIDE = 256
 HISTORY_LIMIT = 200
 
 
 @dataclass
 class QueueItem:
+    """One submitted prompt. `meta` holds what the submitting protocol wants to keep with it
+    (ComfyUI's prompt and extra_data, its event log), opaque to the queue."""
+
     prompt_id: str
-    number: int
+    number: float
     workflow: Workflow
     client_id: str | None
     queued_at: float = field(default_factory=time.time)
     interrupt: threading.Event = field(default_factory=threading.Event)
+    meta: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"prompt_id": self.prompt_id, "number": self.number,
@@ -63,6 +76,33 @@ def encode_preview(image: Any) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+class DuplicatePrompt(ValueError):
+    """A client-chosen prompt id that is already pending or running."""
+
+
+class QueueListener(Protocol):
+    """Another protocol's view of the queue. Called on the worker thread (and, for
+    `queue_changed`, on whichever thread changed the queue), in this order per prompt:
+    `run_event` for each executor event, then the history entry is written, then
+    `run_recorded`, `queue_changed` (the prompt has left the queue) and `run_done`."""
+
+    def queue_changed(self) -> None: ...
+
+    def run_event(self, item: QueueItem, event: dict[str, Any]) -> None: ...
+
+    def run_recorded(self, item: QueueItem, entry: dict[str, Any]) -> None: ...
+
+    def run_done(self, item: QueueItem, entry: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class HistoryRecord:
+    """A finished prompt: our history entry and the item it came from."""
+
+    entry: dict[str, Any]
+    item: QueueItem
+
+
 class PromptQueue:
     """Pending prompts, the running one, the history, and the worker thread."""
 
@@ -71,10 +111,12 @@ class PromptQueue:
         self.executor = executor
         self.publish = publish
         self.history_limit = history_limit
-        self._pending: deque[QueueItem] = deque()
+        self.listeners: list[QueueListener] = []
+        self._pending: list[QueueItem] = []
         self._running: QueueItem | None = None
-        self._history: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._history: OrderedDict[str, HistoryRecord] = OrderedDict()
         self._numbers = itertools.count(1)
+        self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -98,15 +140,27 @@ class PromptQueue:
             self._thread = None
 
     # ------------------------------------------------------------------ requests
-    def put(self, workflow: Workflow, client_id: str | None) -> QueueItem:
+    def put(self, workflow: Workflow, client_id: str | None, *, prompt_id: str | None = None,
+            number: float | None = None, front: bool = False,
+            meta: dict[str, Any] | None = None) -> QueueItem:
+        """Queue a validated workflow. `number` places it (lowest runs first); without one
+        it gets the next number, negated when `front` asks to jump the queue. A chosen
+        `prompt_id` already pending or running raises `DuplicatePrompt`."""
         with self._cond:
-            item = QueueItem(uuid.uuid4().hex, next(self._numbers), workflow, client_id)
-            self._pending.append(item)
+            if prompt_id is not None and self._find_live(prompt_id) is not None:
+                raise DuplicatePrompt(f"prompt {prompt_id!r} is already queued")
+            if number is None:
+                count = next(self._numbers)
+                number = -count if front else count
+            item = QueueItem(prompt_id or uuid.uuid4().hex, number, workflow, client_id,
+                             meta=meta if meta is not None else {}, seq=next(self._seq))
+            bisect.insort(self._pending, item, key=lambda i: (i.number, i.seq))
+            # Announced before the worker can take it, so "queued" precedes "started".
+            self.publish({"type": "queued", "data": {**item.summary(),
+                                                     "queue_remaining": self.remaining()}},
+                         client_id)
+            self._publish_status()
             self._cond.notify_all()
-        self.publish({"type": "queued", "data": {**item.summary(),
-                                                 "queue_remaining": self.remaining()}},
-                     client_id)
-        self._publish_status()
         return item
 
     def remaining(self) -> int:
@@ -124,6 +178,32 @@ class PromptQueue:
             return {"type": "status", "data": {"queue_remaining": self.remaining(),
                                                "running": running}}
 
+    def _find_live(self, prompt_id: str) -> QueueItem | None:
+        if self._running is not None and self._running.prompt_id == prompt_id:
+            return self._running
+        return next((i for i in self._pending if i.prompt_id == prompt_id), None)
+
+    def items(self) -> tuple[list[QueueItem], list[QueueItem]]:
+        """The running item (zero or one) and the pending ones, in running order."""
+        with self._cond:
+            running = [self._running] if self._running is not None else []
+            return running, list(self._pending)
+
+    def remove_pending(self, prompt_ids: list[str] | None = None) -> int:
+        """Drop the pending prompts with these ids (all of them when None); a running
+        prompt is left alone (interrupt it instead). Returns how many were dropped."""
+        with self._cond:
+            before = len(self._pending)
+            if prompt_ids is None:
+                self._pending.clear()
+            else:
+                wanted = set(prompt_ids)
+                self._pending = [i for i in self._pending if i.prompt_id not in wanted]
+            dropped = before - len(self._pending)
+        if dropped:
+            self._publish_status()
+        return dropped
+
     def delete(self, prompt_id: str) -> str | None:
         """Remove a pending prompt ("deleted") or interrupt the running one ("interrupted")."""
         with self._cond:
@@ -139,21 +219,37 @@ class PromptQueue:
         self._publish_status()
         return "deleted"
 
-    def interrupt(self) -> str | None:
-        """Interrupt the running prompt; returns its id (None when idle)."""
+    def interrupt(self, prompt_id: str | None = None) -> str | None:
+        """Interrupt the running prompt (only if it is `prompt_id`, when given); returns
+        its id (None when nothing was interrupted)."""
         with self._cond:
-            if self._running is None:
+            running = self._running
+            if running is None or (prompt_id is not None and running.prompt_id != prompt_id):
                 return None
-            self._running.interrupt.set()
-            return self._running.prompt_id
+            running.interrupt.set()
+            return running.prompt_id
 
     def history(self) -> list[dict[str, Any]]:
         with self._cond:
-            return list(self._history.values())
+            return [r.entry for r in self._history.values()]
 
     def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         with self._cond:
-            return self._history.get(prompt_id)
+            record = self._history.get(prompt_id)
+            return record.entry if record is not None else None
+
+    def history_records(self) -> list[HistoryRecord]:
+        """Finished prompts, oldest first, with the items they came from."""
+        with self._cond:
+            return list(self._history.values())
+
+    def forget(self, prompt_ids: list[str] | None = None) -> None:
+        """Delete these prompts from the history (all of it when None)."""
+        with self._cond:
+            if prompt_ids is None:
+                self._history.clear()
+            for pid in prompt_ids or ():
+                self._history.pop(pid, None)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing is pending or running (for tests and shutdown)."""
@@ -167,8 +263,17 @@ class PromptQueue:
         return True
 
     # ------------------------------------------------------------------ worker
+    def _notify(self, method: str, *args: Any) -> None:
+        """Call every listener; one that fails is logged, never allowed to stop a run."""
+        for listener in self.listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:  # noqa: BLE001 - a protocol bug must not break the queue
+                log.exception("queue listener %r failed in %s", listener, method)
+
     def _publish_status(self) -> None:
         self.publish(self.status(), None)
+        self._notify("queue_changed")
 
     def _work(self) -> None:
         while True:
@@ -177,7 +282,7 @@ class PromptQueue:
                     self._cond.wait()
                 if self._stop:
                     return
-                item = self._pending.popleft()
+                item = self._pending.pop(0)
                 self._running = item
             self._publish_status()
             try:
@@ -189,17 +294,21 @@ class PromptQueue:
                                   "traceback": traceback.format_exc()}
                 self._publish_unrun(item, "error", entry["error"])
             with self._cond:
-                self._history[item.prompt_id] = entry
+                self._history.pop(item.prompt_id, None)  # a reused id moves to the end
+                self._history[item.prompt_id] = HistoryRecord(entry, item)
                 while len(self._history) > self.history_limit:
                     self._history.popitem(last=False)
                 self._running = None
                 self._cond.notify_all()
+            self._notify("run_recorded", item, entry)
             self._publish_status()
+            self._notify("run_done", item, entry)
 
     def _publish_unrun(self, item: QueueItem, kind: str, data: dict[str, Any]) -> None:
         """Why a prompt did not run, then its `finished`, so a client waiting for the end
         of the prompt is released."""
         pid, client = item.prompt_id, item.client_id
+        self._notify("run_event", item, {"type": kind, **data})
         self.publish({"type": kind, "data": {"prompt_id": pid, **data}}, client)
         self.publish({"type": "finished", "data": {
             "prompt_id": pid, "ok": False, "executed": [], "cached": [], "files": [],
@@ -214,6 +323,7 @@ class PromptQueue:
         pid, client = item.prompt_id, item.client_id
 
         def on_event(event: dict[str, Any]) -> None:
+            self._notify("run_event", item, event)
             message = self.translate(event, pid)
             if message is not None:
                 self.publish(message, client)
