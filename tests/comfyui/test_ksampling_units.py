@@ -68,3 +68,16 @@ def test_ancestral_sampling_without_fresh_noise_is_euler() -> None:
     noisy = sampler_function("euler_ancestral")(model, x, sigmas, seed=1)
     torch.testing.assert_close(quiet, plain, atol=1e-6, rtol=0)
     assert (noisy - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_sde_multistep_without_noise_ignores_the_seed(name: str) -> None:
+    """At eta 0 the SDE samplers are plain multistep ODE solvers: no Brownian noise, so the
+    seed is irrelevant; at eta 1 it is not."""
+    model = _Shrink()
+    x = prepare_noise(torch.zeros(1, 4, 4, 4), 8) * 14.6
+    sigmas = calculate_sigmas(model.model_sampling, "karras", 6)
+    quiet = [sampler_function(name, eta=0.0)(model, x, sigmas, seed=s) for s in (1, 2)]
+    noisy = [sampler_function(name)(model, x, sigmas, seed=s) for s in (1, 2)]
+    assert torch.equal(quiet[0], quiet[1])
+    assert (noisy[0] - noisy[1]).abs().max() > 1e-3

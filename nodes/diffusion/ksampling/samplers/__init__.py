@@ -16,7 +16,13 @@ from torch import Tensor
 
 from .base import Denoiser, SamplerFn, StepCallback
 from .discrete import sample_ddpm, sample_lcm
-from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2s_ancestral, sample_dpmpp_sde
+from .dpmpp import (
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+)
 from .euler import (
     sample_dpm_2,
     sample_dpm_2_ancestral,
@@ -71,6 +77,8 @@ _SAMPLERS: dict[str, Sampler] = {
             sample_dpmpp_2m_sde,
             {"solver_type": "heun", "noise_on_device": True},
         ),
+        Sampler("dpmpp_3m_sde", sample_dpmpp_3m_sde),
+        Sampler("dpmpp_3m_sde_gpu", sample_dpmpp_3m_sde, {"noise_on_device": True}),
         Sampler("ddpm", sample_ddpm),
         Sampler("lcm", sample_lcm),
         Sampler("ddim", sample_euler, fresh_mask_noise=True),

@@ -6,9 +6,9 @@ ODE's linear part integrates exactly, so one step from sigma to sigma_next is
     x_next = (sigma_next / sigma) * x - expm1(-h) * D,   h = lambda_next - lambda,
 
 with D a data estimate: the denoiser's output (first order), a blend with the previous step's
-(2M, multistep), or with one taken at a midpoint (2S, singlestep). The SDE variants add the
-matching amount of fresh noise from a Brownian tree so that a seed reproduces; the ancestral
-variant splits each step like Euler-ancestral.
+(2M, multistep) or the previous two steps' (3M), or with one taken at a midpoint (2S,
+singlestep). The SDE variants add the matching amount of fresh noise from a Brownian tree so
+that a seed reproduces; the ancestral variant splits each step like Euler-ancestral.
 """
 
 from __future__ import annotations
@@ -182,4 +182,77 @@ def sample_dpmpp_2m_sde(
                 x = x + noise(sigma, sigma_next) * sigma_next * spread * s_noise
         previous = denoised
         h_last = h
+    return x
+
+
+def _phi_2(h: Tensor) -> Tensor:
+    """1 - (1 - e^-h) / h: the weight of the first derivative of D in lambda (times h) when
+    the exponentially weighted integral over a step of length h is expanded in a series."""
+    return (-h).expm1() / h + 1
+
+
+def _phi_3(h: Tensor, phi_2: Tensor) -> Tensor:
+    """The next weight of that series, for the second derivative, from ``phi_2``."""
+    return phi_2 / h - 0.5
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    seed: int,
+    callback: StepCallback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_on_device: bool = False,
+) -> Tensor:
+    """DPM-Solver++(3M) SDE: the multistep update of the SDE to third order.
+
+    D is fitted in lambda through the data estimates of this and up to two earlier steps (a
+    line after one step, a parabola after two) and the fit's first and second derivatives
+    enter the exponential integrator through its phi weights, taken over the SDE's longer
+    effective step (1 + eta) * h. Brownian noise is added as in the 2M SDE sampler.
+    """
+    if len(sigmas) <= 1:
+        return x
+    noise = BrownianNoise(x, sigmas, seed, on_device=noise_on_device)
+    # The data estimates of the previous steps and those steps' lengths in lambda, newest first.
+    earlier: list[Tensor] = []
+    earlier_h: list[Tensor] = []
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, per_item(sigma, x))
+        notify(callback, i, x, denoised)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        lam, lam_next = _lambda(sigma), _lambda(sigma_next)
+        h = lam_next - lam
+        h_eta = h * (eta + 1)
+        alpha_next = sigma_next * lam_next.exp()
+        growth = (-h_eta).expm1().neg()
+        x = sigma_next / sigma * (-h * eta).exp() * x + alpha_next * growth * denoised
+        if earlier:
+            phi_2 = _phi_2(h_eta)
+            # Divided differences in units of this step's h: the slope over the last interval
+            # (times h), and with two earlier points the parabola's second difference too.
+            r0 = earlier_h[0] / h
+            slope = (denoised - earlier[0]) / r0
+            if len(earlier) == 1:
+                x = x + (alpha_next * phi_2) * slope
+            else:
+                r1 = earlier_h[1] / h
+                older_slope = (earlier[0] - earlier[1]) / r1
+                bend = slope - older_slope
+                first = slope + bend * r0 / (r0 + r1)
+                second = bend / (r0 + r1)
+                phi_3 = _phi_3(h_eta, phi_2)
+                x = x + (alpha_next * phi_2) * first - (alpha_next * phi_3) * second
+        if eta > 0 and s_noise > 0:
+            spread = (-2 * h * eta).expm1().neg().sqrt()
+            x = x + noise(sigma, sigma_next) * sigma_next * spread * s_noise
+        earlier = [denoised, *earlier][:2]
+        earlier_h = [h, *earlier_h][:2]
     return x
