@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS)
     args = parser.parse_args()
+    args.models = args.models.resolve()  # ComfyUI runs in another working directory
     if not oracle_available():
         raise SystemExit(f"no ComfyUI checkout at {oracle_path()} (set NOODLE_COMFYUI_ORACLE)")
     if not pack_registered():
