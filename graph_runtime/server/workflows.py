@@ -2,7 +2,8 @@
 
 Names are plain file stems (letters, digits, space, `_`, `-`, `.`; no path), so a name can
 never reach outside its folder. A user workflow with the name of a shipped one shadows it
-for `GET /api/workflows/{name}`; `?source=shipped` always reads the shipped file. Writes go
+for `GET /api/workflows/{name}`; `?source=shipped` always reads the shipped file. A v1
+document is answered as loaded, with the node library's upgrades applied. Writes go
 through a temporary file and a rename, so a crash never leaves half a workflow behind.
 Saved documents must be well-formed v1 workflows (shape only: a workflow that does not
 validate yet is still worth saving).
@@ -51,6 +52,17 @@ def _describe(path: Path, source: str) -> dict[str, Any]:
     return entry
 
 
+def _opened(data: Any) -> Any:
+    """A saved document as a reader should see it: a v1 workflow passes through the node
+    library's registered upgrades (as `noodle run` loads it), so the canvas never opens a
+    file saved by an older library with node types or input names that no longer exist.
+    Anything that is not a well-formed v1 document comes back as written."""
+    try:
+        return from_dict(data).to_dict()
+    except WorkflowFormatError:
+        return data
+
+
 class WorkflowStore:
     """Route handlers over the two folders."""
 
@@ -85,7 +97,7 @@ class WorkflowStore:
                     data = json.loads(path.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as exc:
                     return error_response(500, "unreadable", f"{name}: {exc}")
-                return web.json_response(data)
+                return web.json_response(_opened(data))
         return error_response(404, "not_found", f"no workflow named {name!r}")
 
     async def put(self, request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from graph_runtime import workflow
 from tests.support.toy_nodes import image_workflow
 
 pytestmark = pytest.mark.asyncio
@@ -81,3 +82,34 @@ async def test_put_rejects_malformed(client: Any, body: bytes) -> None:
                             headers={"Content-Type": "application/json"})
     assert resp.status == 400
     assert (await client.get("/api/workflows/bad")).status == 404
+
+
+def rename_old_gradient(data: dict[str, Any]) -> dict[str, Any]:
+    """A library upgrade as `register_upgrade` takes: type OldGradient with input
+    "count" became Gradient with input "steps"."""
+    nodes = {nid: {**nd, "type": "Gradient",
+                   "inputs": {("steps" if k == "count" else k): v
+                              for k, v in nd["inputs"].items()}}
+             if nd["type"] == "OldGradient" else nd for nid, nd in data["nodes"].items()}
+    return {**data, "nodes": nodes}
+
+
+async def test_get_answers_a_saved_v1_file_upgraded(client: Any, folders: dict,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workflow, "_UPGRADES", [*workflow._UPGRADES, rename_old_gradient])
+    old = image_workflow(steps=5)
+    old["nodes"]["1"]["type"] = "OldGradient"
+    old["nodes"]["1"]["inputs"]["count"] = old["nodes"]["1"]["inputs"].pop("steps")
+    old["future_key"] = [1]
+    (folders["user"] / "workflows").mkdir(exist_ok=True)
+    (folders["user"] / "workflows" / "old.json").write_text(json.dumps(old))
+    got = await (await client.get("/api/workflows/old")).json()
+    assert got == image_workflow(steps=5) | {"future_key": [1]}
+    assert json.loads((folders["user"] / "workflows" / "old.json").read_text()) == old
+
+
+async def test_get_answers_a_file_that_is_not_v1_as_written(client: Any,
+                                                            folders: dict) -> None:
+    other = {"last_node_id": 2, "nodes": [], "links": []}  # another tool's file
+    (folders["workflows"] / "theirs.json").write_text(json.dumps(other))
+    assert (await (await client.get("/api/workflows/theirs")).json()) == other
