@@ -126,21 +126,67 @@ def load_image(
     return Loaded(Image(torch.from_numpy(np.stack(images))), Mask(torch.stack(masks)))
 
 
+def _canonical_value(value: Any) -> tuple[str, Any]:
+    """An API input value with its spelling ironed out: a link by source id (string) and
+    output index, a `{"__value__": ...}` wrapper by the literal it wraps."""
+    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
+            and isinstance(value[1], int) and not isinstance(value[1], bool)):
+        return "link", (str(value[0]), value[1])
+    if isinstance(value, dict) and set(value) == {"__value__"}:
+        return "value", value["__value__"]
+    return "value", value
+
+
+def canonical_prompt(prompt: Any) -> dict[str, Any] | None:
+    """What a ComfyUI API prompt says should run: node ids, class types and inputs (titles
+    and other `_meta` are only labels); None for something that is not a prompt."""
+    if not isinstance(prompt, dict):
+        return None
+    out: dict[str, Any] = {}
+    for nid, entry in prompt.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("inputs", {}), dict):
+            return None
+        inputs = {name: _canonical_value(v) for name, v in entry.get("inputs", {}).items()}
+        out[str(nid)] = (entry.get("class_type"), inputs)
+    return out
+
+
+def current_record(workflow: Mapping[str, Any],
+                   record: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """The prompt chunk of a run whose workflow carries a ComfyUI record, and the record's
+    extra chunks (its UI document) while they still describe the graph that ran, else None.
+    A graph edited on our canvas since its import gets a prompt made from its current
+    nodes, and no UI document showing what is no longer there."""
+    # The importer lives in the ComfyUI pack, which imports after this module.
+    from graph_runtime.registry import REGISTRY
+    from nodes.comfyui.importer import api_prompt
+
+    fresh = api_prompt(workflow.get("nodes") or {}, REGISTRY)
+    recorded = record.get("prompt")
+    if canonical_prompt(recorded) != canonical_prompt(fresh):
+        return fresh, None
+    extra = record.get("extra_pnginfo")
+    return recorded, dict(extra) if isinstance(extra, dict) else {}
+
+
 def png_info(workflow: Mapping[str, Any] | None) -> PngInfo:
     """The text chunks a saved image carries. A run that came from ComfyUI (its workflow
-    holds "comfyui": {"prompt", "extra_pnginfo"}) is saved ComfyUI's way: the API prompt as
+    holds "comfyui": {"prompt", "extra_pnginfo"}) is saved ComfyUI's way, the API prompt as
     "prompt" and each extra_pnginfo key (usually its UI "workflow") as its own chunk, so
-    ComfyUI and its tools read it back; otherwise our v1 workflow as "workflow"."""
+    ComfyUI and its tools read it back; once edited, with our v1 workflow (less the stale
+    record) as "workflow" instead. Other runs carry our v1 workflow as "workflow"."""
     info = PngInfo()
     if workflow is None:
         return info
     comfy = workflow.get("comfyui")
     if isinstance(comfy, dict) and "prompt" in comfy:
-        info.add_text("prompt", json.dumps(comfy["prompt"]))
-        extra = comfy.get("extra_pnginfo")
-        for key, value in (extra.items() if isinstance(extra, dict) else ()):
-            info.add_text(str(key), json.dumps(value))
-        return info
+        prompt, extra = current_record(workflow, comfy)
+        info.add_text("prompt", json.dumps(prompt))
+        if extra is not None:
+            for key, value in extra.items():
+                info.add_text(str(key), json.dumps(value))
+            return info
+        workflow = {k: v for k, v in workflow.items() if k != "comfyui"}
     info.add_text("workflow", json.dumps(workflow, ensure_ascii=False))
     return info
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,10 +13,13 @@ import torch
 from PIL import Image as PILImage
 from PIL.PngImagePlugin import PngInfo
 
+from graph_runtime import REGISTRY
+from graph_runtime.executor import Executor
 from nodes.comfyui.loaders import checkpoint_loader_simple
 from nodes.comfyui.vae import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
 from nodes.images import load_image, png_info
 from nodes.types import VAE, Image, Latent
+from tests.support.workflows import link, run, wf, workflow_dict
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +74,102 @@ def texts(info: PngInfo) -> dict[str, object]:
         return {k: json.loads(v) for k, v in png.text.items()}
 
 
-def test_png_chunks_ours_or_comfyuis() -> None:
+def test_png_chunks_of_our_own_workflows() -> None:
     assert texts(png_info(None)) == {}
     ours = {"format": "noodle.workflow", "version": 1, "nodes": {}, "name": "é"}
     assert texts(png_info(ours)) == {"workflow": ours}
-    prompt = {"1": {"class_type": "KSampler", "inputs": {}}}
-    ui = {"nodes": [], "links": []}
-    comfy = {**ours, "comfyui": {"prompt": prompt, "extra_pnginfo": {"workflow": ui,
-                                                                      "note": "x"}}}
-    assert texts(png_info(comfy)) == {"prompt": prompt, "workflow": ui, "note": "x"}
+
+
+DECODE_NODES = {
+    "4": ("CheckpointLoaderSimple", {"ckpt_name": "model.safetensors"}),
+    "5": ("EmptyLatentImage", {"width": 64, "height": 64, "batch_size": 1}),
+    "8": ("VAEDecode", {"samples": link("5", "LATENT"), "vae": link("4", "VAE")}),
+    "9": ("SaveImage", {"images": link("8", "IMAGE"), "filename_prefix": "ComfyUI"}),
+}
+# The same graph as ComfyUI's API spells it, written out by hand: outputs by index (VAE is
+# the loader's third), a source id as a number, titles where its frontend puts them.
+DECODE_PROMPT = {
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "model.safetensors"},
+          "_meta": {"title": "My checkpoint"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
+                                                       "batch_size": 1}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": [5, 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0],
+                                                "filename_prefix": "ComfyUI"}},
+}
+UI_DOC = {"nodes": [], "links": [], "version": 0.4}
+
+
+def recorded(**edits: Any) -> dict[str, Any]:
+    """The decode graph with its ComfyUI record, node inputs edited as `edits` says
+    ({node id: {input: value}}) after the record was made."""
+    doc = workflow_dict(DECODE_NODES, comfyui={
+        "prompt": DECODE_PROMPT, "extra_pnginfo": {"workflow": UI_DOC, "note": "x"}})
+    for nid, inputs in edits.items():
+        doc["nodes"][nid]["inputs"].update(inputs)
+    return doc
+
+
+def test_an_unedited_comfyui_run_saves_comfyuis_own_chunks() -> None:
+    doc = recorded()
+    doc["nodes"]["5"]["ui"] = {"title": "renamed on the canvas"}  # a label, not the graph
+    assert texts(png_info(doc)) == {"prompt": DECODE_PROMPT, "workflow": UI_DOC, "note": "x"}
+
+
+@pytest.mark.parametrize(("edit", "in_api_form"), [
+    ({"5": {"width": 128}}, {"5": {"width": 128}}),
+    ({"9": {"filename_prefix": "other"}}, {"9": {"filename_prefix": "other"}}),
+    ({"8": {"samples": link("4", "MODEL")}}, {"8": {"samples": ["4", 0]}}),
+])
+def test_an_edited_comfyui_graph_saves_a_fresh_prompt_and_our_workflow(
+        edit: dict[str, Any], in_api_form: dict[str, Any]) -> None:
+    doc = recorded(**edit)
+    chunks = texts(png_info(doc))
+    assert set(chunks) == {"prompt", "workflow"}
+    assert chunks["workflow"] == {k: v for k, v in doc.items() if k != "comfyui"}
+    expected = {nid: (e["class_type"], dict(e["inputs"])) for nid, e in DECODE_PROMPT.items()}
+    expected["8"][1]["samples"] = ["5", 0]  # the fresh prompt names sources by string id
+    for nid, inputs in in_api_form.items():
+        expected[nid][1].update(inputs)
+    assert {nid: (e["class_type"], e["inputs"]) for nid, e in chunks["prompt"].items()} == (
+        expected)
+
+
+def test_added_or_removed_nodes_make_the_record_stale() -> None:
+    added = recorded()
+    added["nodes"]["10"] = {"type": "PreviewImage", "inputs": {"images": link("8", "IMAGE")}}
+    assert set(texts(png_info(added))["prompt"]) == {"4", "5", "8", "9", "10"}
+    removed = recorded()
+    del removed["nodes"]["9"]
+    chunks = texts(png_info(removed))
+    assert set(chunks["prompt"]) == {"4", "5", "8"} and chunks["workflow"]["nodes"] == (
+        removed["nodes"])
+
+
+def test_save_image_in_a_run_writes_the_record_only_while_it_is_current(
+        tmp_path: Path) -> None:
+    picture = tmp_path / "in.png"
+    PILImage.new("RGB", (8, 8), "orange").save(picture)
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": str(picture)}},
+              "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
+                                                          "filename_prefix": "cf"}}}
+    ui = {"nodes": [{"id": 1}, {"id": 2}], "links": [[1, 1, 0, 2, 0, "IMAGE"]]}
+    nodes = {"1": ("LoadImage", {"image": str(picture)}),
+             "2": ("SaveImage", {"images": link("1", "IMAGE"), "filename_prefix": "cf"})}
+    record = {"prompt": prompt, "extra_pnginfo": {"workflow": ui}}
+    executor = Executor(REGISTRY)
+    first = run(executor, wf(nodes, comfyui=record), tmp_path)
+    nodes["2"] = ("SaveImage", {"images": link("1", "IMAGE"), "filename_prefix": "edited"})
+    second = run(executor, wf(nodes, comfyui=record), tmp_path)
+    with PILImage.open(first.files[0]) as png:
+        assert json.loads(png.text["prompt"]) == prompt
+        assert json.loads(png.text["workflow"]) == ui
+    with PILImage.open(second.files[0]) as png:
+        fresh = json.loads(png.text["prompt"])
+        ours = json.loads(png.text["workflow"])
+    assert fresh["2"]["inputs"] == {"images": ["1", 0], "filename_prefix": "edited"}
+    assert ours["format"] == "noodle.workflow" and "comfyui" not in ours
+    assert ours["nodes"]["2"]["inputs"]["filename_prefix"] == "edited"
 
 
 def test_vae_encode_takes_the_mean_of_a_centred_crop(vae: VAE) -> None:

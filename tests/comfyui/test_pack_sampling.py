@@ -19,6 +19,7 @@ from graph_runtime.executor import Executor
 from nodes.comfyui import custom_sampling as cs
 from nodes.comfyui import latent as latent_nodes
 from nodes.comfyui.conditioning import clip_text_encode
+from nodes.comfyui.importer import api_prompt
 from nodes.comfyui.loaders import Checkpoint, checkpoint_loader_simple
 from nodes.comfyui.sampling import ksampler_advanced, ksampler_node
 from nodes.comfyui.vae import vae_decode, vae_encode
@@ -224,9 +225,10 @@ def test_default_workflow_runs_and_saves(tmp_path: Path) -> None:
 
 
 def test_comfyui_runs_save_comfyuis_chunks(tmp_path: Path) -> None:
-    prompt = {"3": {"class_type": "KSampler", "inputs": {"seed": 1}}}
     ui = {"nodes": [], "links": [], "version": 0.4}
-    graph = default_workflow(comfyui={"prompt": prompt, "extra_pnginfo": {"workflow": ui}})
+    graph = default_workflow()
+    prompt = api_prompt(graph.nodes, REGISTRY)  # the record of this very graph
+    graph.extra["comfyui"] = {"prompt": prompt, "extra_pnginfo": {"workflow": ui}}
     result = run(Executor(REGISTRY), graph, tmp_path)
     with PILImage.open(result.files[0]) as png:
         assert json.loads(png.text["prompt"]) == prompt
