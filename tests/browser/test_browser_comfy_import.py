@@ -14,6 +14,7 @@ from PIL.PngImagePlugin import PngInfo
 import nodes.comfyui.importer  # noqa: F401  (the server converts with these importers)
 from graph_runtime.workflow import import_workflow
 from tests.support.comfy_standins import ENCODE, with_subgraph
+from tests.support.paths import MODELS
 
 pytestmark = pytest.mark.browser
 templates = pytest.importorskip("comfyui_workflow_templates")
@@ -37,6 +38,21 @@ def drop(page: Any, name: str, payload: str | bytes, mime: str) -> None:
         document.querySelector("#graph").dispatchEvent(new DragEvent("drop",
             {dataTransfer: dt, bubbles: true, cancelable: true, clientX: 500, clientY: 300}));
     }""", [name, data, mime])
+
+
+def wait_for_nodes(page: Any, ids: list[str] | dict[str, Any]) -> None:
+    """Wait until the canvas shows exactly these node ids; a count alone can already hold
+    for the graph shown before the drop (the default workflow also has seven nodes)."""
+    page.wait_for_function("""(ids) => {
+        const shown = window.noodle.editor.summary().map(n => n.id).sort();
+        return JSON.stringify(shown) === JSON.stringify(ids);
+    }""", arg=sorted(ids))
+
+
+def vae_scale(model: str) -> int:
+    """Pixels per latent cell of a diffusers VAE: each encoder block but the last halves."""
+    config = json.loads((MODELS / model / "vae" / "config.json").read_text(encoding="utf-8"))
+    return 2 ** (len(config["block_out_channels"]) - 1)
 
 
 def links_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -78,10 +94,10 @@ def test_opening_a_comfyui_png_from_the_menu(page: Any, server: Any, tmp_path: A
 
 def test_flattened_subgraph_nodes_keep_their_ids_on_the_canvas(page: Any, server: Any) -> None:
     doc = with_subgraph(ENCODE)
-    drop(page, "nested.json", json.dumps(doc), "application/json")
-    page.wait_for_function("() => window.noodle.editor.summary().length === 7")
-    shown = page.evaluate("window.noodle.editor.serialize()")
     expected = import_workflow(doc, server.registry)[0].to_dict()
+    drop(page, "nested.json", json.dumps(doc), "application/json")
+    wait_for_nodes(page, expected["nodes"])
+    shown = page.evaluate("window.noodle.editor.serialize()")
     assert sorted(shown["nodes"]) == sorted(expected["nodes"]) and "6:1" in shown["nodes"]
     assert links_of(shown) == links_of(expected)
 
@@ -100,7 +116,7 @@ def test_comfyuis_default_workflow_is_wired_and_runs(page: Any, server: Any) -> 
     if "KSampler" not in server.registry:
         pytest.skip("the ComfyUI node pack is not registered")
     drop(page, "default.json", default_json(), "application/json")
-    page.wait_for_function("() => window.noodle.editor.summary().length === 7")
+    wait_for_nodes(page, DEFAULT_LINKS)
     summary = {n["id"]: n for n in page.evaluate("window.noodle.editor.summary()")}
     assert {nid: sorted(n["links"]) for nid, n in summary.items()} == {
         nid: sorted(names) for nid, names in DEFAULT_LINKS.items()}
@@ -109,8 +125,11 @@ def test_comfyuis_default_workflow_is_wired_and_runs(page: Any, server: Any) -> 
     ckpt = page.evaluate(f"{ed}.node('4').widgets.find(w => w.name === 'ckpt_name')"
                          ".options.values.find(v => v.includes('noodle-tiny'))")
     assert ckpt, "the shipped tiny model is not offered as a checkpoint"
-    for nid, name, value in (("4", "ckpt_name", ckpt), ("5", "width", 64), ("5", "height", 64),
-                             ("3", "steps", 2)):
+    # ComfyUI's EmptyLatentImage always makes width/8 latent cells, whatever the VAE; the
+    # tiny model's VAE turns each cell into 4 pixels, so 128 px asked gives 64 px decoded.
+    width, height = 128, 96
+    for nid, name, value in (("4", "ckpt_name", ckpt), ("5", "width", width),
+                             ("5", "height", height), ("3", "steps", 2)):
         page.evaluate(f"([n, w, v]) => {ed}.setWidget(n, w, v)", [nid, name, value])
     page.click("#graph")
     page.keyboard.press("Control+Enter")
@@ -119,5 +138,11 @@ def test_comfyuis_default_workflow_is_wired_and_runs(page: Any, server: Any) -> 
     png = page.request.get(src)
     assert png.status == 200 and png.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(png.body())) as img:
-        assert img.size == (64, 64)
+        scale = vae_scale("noodle-tiny")
+        assert img.size == (width // 8 * scale, height // 8 * scale)
+        chunks = dict(img.text)
+    # Edited since the import: the PNG tells what ran, not the imported ComfyUI record.
+    prompt = json.loads(chunks["prompt"])
+    assert prompt["5"]["inputs"]["width"] == width and prompt["4"]["inputs"]["ckpt_name"] == ckpt
+    assert json.loads(chunks["workflow"])["format"] == "noodle.workflow"
     assert page.problems == []
