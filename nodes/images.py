@@ -210,8 +210,8 @@ def preview_image(images: Image) -> None:
     save_pngs(images, files, None, 1, "temp")
 
 
-@node("ImageBatch", category="image", output="images", display_name="Image Batch")
-def image_batch(
+@node("JoinImages", category="image", output="images", display_name="Join Images")
+def join_images(
     images1: Image,
     images2: Image | None = None,
     images3: Image | None = None,
@@ -226,7 +226,7 @@ def image_batch(
                            images8) if im is not None]
     sizes = {tuple(p.pixels.shape[1:]) for p in parts}
     if len(sizes) > 1:
-        raise ValueError(f"ImageBatch: images differ in size {sorted(sizes)}")
+        raise ValueError(f"JoinImages: images differ in size {sorted(sizes)}")
     return Image(torch.cat([p.pixels for p in parts]))
 
 

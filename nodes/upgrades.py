@@ -1,12 +1,14 @@
 """Workflows saved before the ComfyUI node pack joined the library keep loading.
 
-Four of our node types took ComfyUI's shape or gave their name to ComfyUI's node:
+Five of our node types took ComfyUI's shape or gave their name to ComfyUI's node:
 - VAEDecode: inputs (vae, latents) became (samples, vae), output "images" became "IMAGE";
 - LoadImage: input "path" became "image", outputs "images"/"mask" became "IMAGE"/"MASK";
 - our VAEEncode (a seeded sample of the latent distribution) is now VAEEncodeSampled;
   VAEEncode is ComfyUI's (the distribution's mean, inputs pixels and vae);
 - our RandomNoise (pixel-space noise for DDPM) is now RandomPixelNoise; RandomNoise is
-  ComfyUI's noise source for custom sampling.
+  ComfyUI's noise source for custom sampling;
+- our ImageBatch (up to eight batches of one size) is now JoinImages; ImageBatch is
+  ComfyUI's (two batches, the second resized to the first).
 Every v1 document the engine reads passes through `upgrade` (registered below), which
 rewrites such nodes and the links from them. Documents that need nothing come back as
 they are; others come back as a new dict.
@@ -27,6 +29,7 @@ RENAMED_OUTPUTS = {"VAEDecode": {"images": "IMAGE"},
 RENAMED_TYPES = {
     "VAEEncode": ({"images", "seed"}, "VAEEncodeSampled"),
     "RandomNoise": ({"unet", "width", "height", "batch_size", "seed"}, "RandomPixelNoise"),
+    "ImageBatch": ({f"images{i}" for i in range(1, 9)}, "JoinImages"),
 }
 
 

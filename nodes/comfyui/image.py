@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
+
 from graph_runtime import Choice, Float, Int, node
 from nodes.comfyui.upscale import CROPS, IMAGE_METHODS, upscale
 from nodes.types import Image
@@ -49,3 +51,13 @@ def image_scale_by(
     _, h, w, _ = image.pixels.shape
     return _resize(image, round(w * scale_by), round(h * scale_by), upscale_method,
                    "disabled")
+
+
+@node("ImageBatch", category="ComfyUI/image", output="IMAGE", display_name="Batch Images")
+def image_batch(image1: Image, image2: Image) -> Image:
+    """Two image batches as one; the second is resized (bilinear, centre crop) to the first's
+    size when they differ, so any two images can be batched."""
+    first, second = image1.pixels, image2.pixels
+    if first.shape[1:] != second.shape[1:]:
+        second = _resize(image2, first.shape[2], first.shape[1], "bilinear", "center").pixels
+    return Image(torch.cat([first, second]))

@@ -163,3 +163,19 @@ def test_only_plain_conditioning_reaches_our_denoise() -> None:
             guidance_context(value, a, 1, True, torch.device("cpu"), torch.float32)
     context = guidance_context(a, cond(2), 1, True, torch.device("cpu"), torch.float32)
     assert tuple(context.shape) == (2, 77, 8)
+
+
+def test_image_batch_resizes_the_second_batch_to_the_first() -> None:
+    first = torch.rand(2, 8, 12, 3)
+    same = torch.rand(1, 8, 12, 3)
+    joined = image_nodes.image_batch(Image(first), Image(same)).pixels
+    assert joined.shape == (3, 8, 12, 3)
+    assert torch.equal(joined[:2], first) and torch.equal(joined[2:], same)
+    # A 16x16 image next to 8x12 ones: centre-cropped to 4:3 (16x12 -> rows 2..13), then
+    # bilinear to 8x12 — a constant image stays constant, a row gradient keeps its order.
+    other = torch.linspace(0, 1, 16).view(1, 16, 1, 1).expand(1, 16, 16, 3).contiguous()
+    resized = image_nodes.image_batch(Image(first), Image(other)).pixels[2]
+    assert resized.shape == (8, 12, 3)
+    column = resized[:, 0, 0]
+    assert torch.all(column[1:] > column[:-1])
+    assert column[0] > other[0, 2, 0, 0] - 1e-6 and column[-1] < other[0, 13, 0, 0] + 1e-6

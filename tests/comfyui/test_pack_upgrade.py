@@ -1,5 +1,6 @@
-"""Workflows saved before our VAEDecode, LoadImage, VAEEncode and RandomNoise made way for
-ComfyUI's load upgraded: renamed types, inputs and linked outputs, nothing else touched."""
+"""Workflows saved before our VAEDecode, LoadImage, VAEEncode, RandomNoise and ImageBatch
+made way for ComfyUI's load upgraded: renamed types, inputs and linked outputs, nothing
+else touched."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ OLD = workflow_dict({
     "7": ("SaveImage", {"images": link("6", "images")}),
     "8": ("PreviewImage", {"images": link("2", "images")}),
     "9": ("RandomNoise", {"unet": link("1", "unet"), "seed": 3}),
+    "10": ("ImageBatch", {"images1": link("2", "images"), "images2": link("6", "images")}),
+    "11": ("PreviewImage", {"images": link("10", "images")}),
 }, name="old")
 
 
@@ -46,6 +49,9 @@ def test_old_files_load_with_the_new_names() -> None:
     assert nodes_["7"]["inputs"] == {"images": link("6", "IMAGE")}
     assert nodes_["8"]["inputs"] == {"images": link("2", "IMAGE")}
     assert nodes_["9"]["type"] == "RandomPixelNoise"
+    assert nodes_["10"] == {"type": "JoinImages", "inputs": {"images1": link("2", "IMAGE"),
+                                                             "images2": link("6", "IMAGE")}}
+    assert nodes_["11"]["inputs"] == {"images": link("10", "images")}
     assert nodes_["5"] == OLD["nodes"]["5"] and wf.name == "old"
     assert validate(wf, REGISTRY) == []
 
@@ -56,6 +62,7 @@ def test_current_files_are_left_as_they_are() -> None:
         "2": ("VAEEncode", {"pixels": link("3", "IMAGE"), "vae": link("4", "VAE")}),
         "3": ("LoadImage", {"image": "x.png"}),
         "5": ("VAEDecode", {"samples": link("2", "LATENT"), "vae": link("4", "VAE")}),
+        "6": ("ImageBatch", {"image1": link("3", "IMAGE"), "image2": link("5", "IMAGE")}),
     })
     assert upgrade(new) is new
     assert load_workflow(new).to_dict() == new

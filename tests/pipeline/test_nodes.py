@@ -142,10 +142,10 @@ def test_image_grid_and_batch() -> None:
                                        "left\nright").pixels[0]
     assert tuple(captioned.shape) == (40 + 12, 80, 3)
     assert float(captioned[40:, :40].min()) < 0.5 and float(captioned[40:, 40:].min()) < 0.5
-    joined = image_nodes.image_batch(imgs, Image(torch.rand(1, 4, 6, 3)))
+    joined = image_nodes.join_images(imgs, Image(torch.rand(1, 4, 6, 3)))
     assert joined.batch == 6
     with pytest.raises(ValueError, match="differ in size"):
-        image_nodes.image_batch(imgs, Image(torch.rand(1, 5, 6, 3)))
+        image_nodes.join_images(imgs, Image(torch.rand(1, 5, 6, 3)))
 
 
 def test_load_image_mask_from_alpha(tmp_path: Path) -> None:
