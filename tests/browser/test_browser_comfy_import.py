@@ -146,3 +146,28 @@ def test_comfyuis_default_workflow_is_wired_and_runs(page: Any, server: Any) -> 
     assert prompt["5"]["inputs"]["width"] == width and prompt["4"]["inputs"]["ckpt_name"] == ckpt
     assert json.loads(chunks["workflow"])["format"] == "noodle.workflow"
     assert page.problems == []
+
+
+def test_the_comfyui_pack_is_one_folded_palette_group(page: Any) -> None:
+    """ComfyUI's categories nest under one group that starts folded, so the library's own
+    groups stay in view; a search opens it, and clearing the search folds it again."""
+    if page.evaluate("() => !window.noodle.editor") or page.locator(
+            ".palette-item[data-type=KSampler]").count() == 0:
+        pytest.skip("the ComfyUI node pack is not registered")
+    group = page.locator("#palette > .palette-list > .palette-category",
+                         has=page.locator("summary", has_text="ComfyUI")).first
+    assert group.locator(":scope > summary").text_content() == "ComfyUI"
+    assert group.get_attribute("open") is None
+    subs = group.locator(":scope > .palette-sub > summary").all_text_contents()
+    assert "sampling" in subs and "loaders" in subs
+    assert page.locator(".palette-item[data-type=KSampler]").is_hidden()
+    page.fill(".palette-filter", "ksampler")
+    assert page.locator(".palette-item[data-type=KSampler]").is_visible()
+    page.click("#workflow-button")
+    page.click("[data-action=new]")
+    page.click(".palette-item[data-type=KSampler]")
+    assert [n["type"] for n in page.evaluate("() => window.noodle.editor.summary()")] == [
+        "KSampler"]
+    page.fill(".palette-filter", "")
+    assert group.get_attribute("open") is None
+    assert page.locator(".palette-item[data-type=KSampler]").is_hidden()

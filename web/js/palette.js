@@ -16,33 +16,49 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+function paletteItem(s, onAdd) {
+  const dots = el("span", { class: "dots" }, ...s.outputs.slice(0, 5).map((o) => {
+    const d = el("i", { title: o.type });
+    d.style.background = typeColour(o.type);
+    return d;
+  }));
+  return el("button", {
+    class: "palette-item", draggable: "true", title: s.description || s.name,
+    dataset: { type: s.name, search: `${s.name} ${s.display_name} ${s.category || ""}`.toLowerCase() },
+    onclick: () => onAdd(s.name, null),
+    ondragstart: (ev) => { ev.dataTransfer.setData(DRAG_MIME, s.name); ev.dataTransfer.effectAllowed = "copy"; },
+  }, el("span", { class: "label" }, s.display_name || s.name), dots);
+}
+
 export function buildPalette(root, schemas, onAdd) {
   root.replaceChildren();
   const filter = el("input", { type: "search", placeholder: "Filter nodes…", class: "palette-filter", "aria-label": "Filter nodes" });
   const list = el("div", { class: "palette-list" });
   root.append(filter, list);
-  const byCategory = new Map();
+  // Categories nest on "/" (ComfyUI/sampling/...): one group per first segment, one
+  // sub-group per rest. Big packs start folded so the library's own groups stay in view.
+  const groups = new Map();
   for (const s of Object.values(schemas)) {
-    const cat = s.category || "misc";
-    if (!byCategory.has(cat)) byCategory.set(cat, []);
-    byCategory.get(cat).push(s);
+    const [top, ...rest] = (s.category || "misc").split("/");
+    if (!groups.has(top)) groups.set(top, new Map());
+    const subs = groups.get(top);
+    const sub = rest.join("/");
+    if (!subs.has(sub)) subs.set(sub, []);
+    subs.get(sub).push(s);
   }
-  for (const cat of [...byCategory.keys()].sort()) {
-    const items = byCategory.get(cat).sort((a, b) => (a.display_name || a.name).localeCompare(b.display_name || b.name));
-    const details = el("details", { class: "palette-category", open: "" }, el("summary", {}, cat));
-    for (const s of items) {
-      const dots = el("span", { class: "dots" }, ...s.outputs.slice(0, 5).map((o) => {
-        const d = el("i", { title: o.type });
-        d.style.background = typeColour(o.type);
-        return d;
-      }));
-      const item = el("button", {
-        class: "palette-item", draggable: "true", title: s.description || s.name,
-        dataset: { type: s.name, search: `${s.name} ${s.display_name} ${cat}`.toLowerCase() },
-        onclick: () => onAdd(s.name, null),
-        ondragstart: (ev) => { ev.dataTransfer.setData(DRAG_MIME, s.name); ev.dataTransfer.effectAllowed = "copy"; },
-      }, el("span", { class: "label" }, s.display_name || s.name), dots);
-      details.append(item);
+  const byName = (a, b) => a.localeCompare(b, undefined, { sensitivity: "base" });
+  for (const top of [...groups.keys()].sort(byName)) {
+    const subs = groups.get(top);
+    const nested = [...subs.keys()].some((k) => k !== "");
+    const details = el("details", { class: "palette-category", ...(nested ? { "data-folded": "1" } : { open: "" }) },
+      el("summary", {}, top));
+    for (const sub of [...subs.keys()].sort(byName)) {
+      const target = sub === "" ? details
+        : el("details", { class: "palette-category palette-sub", open: "" }, el("summary", {}, sub));
+      for (const s of subs.get(sub).sort((a, b) => byName(a.display_name || a.name, b.display_name || b.name))) {
+        target.append(paletteItem(s, onAdd));
+      }
+      if (target !== details) details.append(target);
     }
     list.append(details);
   }
@@ -56,7 +72,7 @@ export function buildPalette(root, schemas, onAdd) {
         any ||= hit;
       }
       d.hidden = !any;
-      if (q) d.open = true;
+      d.open = q ? true : d.dataset.folded !== "1";
     }
   });
 }
