@@ -10,6 +10,7 @@ so validation can collect every problem of a workflow at once.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -44,7 +45,11 @@ class Widget:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool: JSON true is not 1). NaN and infinities never
+    reach a node: they compare false with every bound and break JSON for the browser."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def _range_error(value: float, low: float | None, high: float | None) -> Problem | None:
@@ -65,7 +70,9 @@ class Int(Widget):
     socket: typing.ClassVar[str] = "INT"
 
     def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
-        if not (_is_number(value) and float(value).is_integer()):
+        # A float such as 64.0 is refused rather than passed on: nodes index and loop with
+        # integers. Ints are compared as they are (float() of 10**400 would overflow).
+        if not _is_number(value) or not isinstance(value, int):
             return "invalid_value_type", f"expected an integer, got {value!r}"
         return _range_error(value, self.min, self.max)
 
@@ -93,7 +100,7 @@ class Float(Widget):
 
     def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not _is_number(value):
-            return "invalid_value_type", f"expected a number, got {value!r}"
+            return "invalid_value_type", f"expected a finite number, got {value!r}"
         return _range_error(value, self.min, self.max)
 
 

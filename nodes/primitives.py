@@ -45,23 +45,32 @@ def boolean_constant(value: Annotated[bool, Bool()] = False) -> bool:
     return value
 
 
+# Python integers grow without bound, and a huge power runs for minutes holding the GIL
+# (freezing the server), so results are limited to this many bits.
+MAX_INT_BITS = 1024
+
+
 @node("IntMath", category=CATEGORY, output="value", display_name="Integer math")
 def int_math(a: AnyInt = 0, b: AnyInt = 0,
              operation: Annotated[str, Choice(_INT_OPS)] = "add") -> int:
-    """`a (operation) b` on integers. Division by zero is an error, not a silent 0."""
+    """`a (operation) b` on integers. Division by zero is an error, not a silent 0; a result
+    over 1024 bits is an error too, found before any long computation starts."""
     if operation in ("floor_divide", "modulo") and b == 0:
         raise ZeroDivisionError(f"IntMath: {operation} by zero")
-    ops = {"add": a + b, "subtract": a - b, "multiply": a * b, "min": min(a, b),
-           "max": max(a, b)}
-    if operation in ops:
-        return ops[operation]
-    if operation == "floor_divide":
-        return a // b
-    if operation == "modulo":
-        return a % b
-    if b < 0:
-        raise ValueError("IntMath: a negative power is not an integer")
-    return a ** b
+    if operation == "power":
+        if b < 0:
+            raise ValueError("IntMath: a negative power is not an integer")
+        if abs(a) > 1 and b * math.log2(abs(a)) > MAX_INT_BITS:
+            raise ValueError(f"IntMath: input 'b': {a} ** {b} would have more than "
+                             f"{MAX_INT_BITS} bits")
+    ops = {"add": lambda: a + b, "subtract": lambda: a - b, "multiply": lambda: a * b,
+           "min": lambda: min(a, b), "max": lambda: max(a, b), "floor_divide": lambda: a // b,
+           "modulo": lambda: a % b, "power": lambda: a ** b}
+    result = ops[operation]()
+    if result.bit_length() > MAX_INT_BITS:
+        raise ValueError(f"IntMath: the result of {operation} has more than {MAX_INT_BITS} "
+                         "bits")
+    return result
 
 
 @node("FloatMath", category=CATEGORY, output="value", display_name="Float math")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -308,3 +309,19 @@ def test_primitive_nodes_run_in_the_default_library(tmp_path: Path) -> None:
     assert result.ui["5"] == {"text": ["ratio=1.5"]}
     assert result.files == [str(tmp_path / "r_00001.txt")]
     assert (tmp_path / "r_00001.txt").read_text() == "ratio=1.5"
+
+
+def test_int_math_refuses_huge_results_before_computing_them() -> None:
+    """`a ** b` with a huge b would run for minutes holding the GIL; it fails at once."""
+    from nodes.primitives import MAX_INT_BITS, int_math
+
+    assert int_math(3, 4, "power") == 81 and int_math(-2, 3, "power") == -8
+    assert int_math(1, 10**12, "power") == 1 and int_math(-1, 10**12 + 1, "power") == -1
+    assert int_math(2, MAX_INT_BITS - 1, "power").bit_length() == MAX_INT_BITS
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="input 'b'.*more than 1024 bits"):
+        int_math(7, 10**15, "power")
+    assert time.perf_counter() - started < 1.0
+    with pytest.raises(ValueError, match="more than 1024 bits"):
+        int_math(2**1000, 2**100, "multiply")
+    assert int_math(7, 2, "floor_divide") == 3 and int_math(7, 2, "modulo") == 1
