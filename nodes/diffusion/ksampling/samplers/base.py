@@ -67,3 +67,12 @@ def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float = 1.0) -> tuple
 def notify(callback: StepCallback | None, i: int, x: Tensor, denoised: Tensor) -> None:
     if callback is not None:
         callback(i, x, denoised)
+
+
+def denoise_at(model: Denoiser, x: Tensor, sigma: Tensor, i: int,
+               callback: StepCallback | None) -> Tensor:
+    """Step i's model call: the denoised estimate of x at sigma, reported to the callback
+    (the one call per step every sampler makes before its own update)."""
+    denoised = model(x, per_item(sigma, x))
+    notify(callback, i, x, denoised)
+    return denoised

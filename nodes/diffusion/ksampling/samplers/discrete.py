@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..noise import NoiseSampler, generator_noise
-from .base import Denoiser, StepCallback, notify, per_item
+from .base import Denoiser, StepCallback, denoise_at
 
 
 def _ddpm_step(
@@ -38,8 +38,7 @@ def sample_ddpm(
     noise = generator_noise(x, seed)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
-        notify(callback, i, x, denoised)
+        denoised = denoise_at(model, x, sigma, i, callback)
         x_vp = x / torch.sqrt(1.0 + sigma**2.0)
         x = _ddpm_step(x_vp, sigma, sigma_next, (x - denoised) / sigma, noise)
         if sigma_next != 0:
@@ -55,8 +54,7 @@ def sample_lcm(
     noise = generator_noise(x, seed)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
-        notify(callback, i, x, denoised)
+        denoised = denoise_at(model, x, sigma, i, callback)
         x = denoised
         if sigma_next > 0:
             x = model.model_sampling.noise_scaling(sigma_next, noise(sigma, sigma_next), x)

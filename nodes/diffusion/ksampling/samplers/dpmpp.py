@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..noise import BrownianNoise, generator_noise
-from .base import Denoiser, StepCallback, ancestral_step, derivative, notify, per_item
+from .base import Denoiser, StepCallback, ancestral_step, denoise_at, derivative, per_item
 
 
 def _lambda(sigma: Tensor) -> Tensor:
@@ -36,8 +36,7 @@ def sample_dpmpp_2m(
     previous: Tensor | None = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
-        notify(callback, i, x, denoised)
+        denoised = denoise_at(model, x, sigma, i, callback)
         lam, lam_next = _lambda(sigma), _lambda(sigma_next)
         h = lam_next - lam
         estimate = denoised
@@ -65,9 +64,8 @@ def sample_dpmpp_2s_ancestral(
     noise = generator_noise(x, seed)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
+        denoised = denoise_at(model, x, sigma, i, callback)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        notify(callback, i, x, denoised)
         if sigma_down == 0:
             x = x + derivative(x, sigma, denoised) * (sigma_down - sigma)
         else:
@@ -103,8 +101,7 @@ def sample_dpmpp_sde(
     weight = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
-        notify(callback, i, x, denoised)
+        denoised = denoise_at(model, x, sigma, i, callback)
         if sigma_next == 0:
             x = denoised
             continue
@@ -159,8 +156,7 @@ def sample_dpmpp_2m_sde(
     h_last: Tensor | None = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
-        notify(callback, i, x, denoised)
+        denoised = denoise_at(model, x, sigma, i, callback)
         if sigma_next == 0:
             x = denoised
         else:
@@ -223,8 +219,7 @@ def sample_dpmpp_3m_sde(
     earlier_h: list[Tensor] = []
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
-        notify(callback, i, x, denoised)
+        denoised = denoise_at(model, x, sigma, i, callback)
         if sigma_next == 0:
             x = denoised
             continue

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..noise import generator_noise
-from .base import Denoiser, StepCallback, ancestral_step, derivative, notify, per_item
+from .base import Denoiser, StepCallback, ancestral_step, denoise_at, derivative, per_item
 
 
 @torch.no_grad()
@@ -24,9 +24,8 @@ def sample_euler(
     """Euler steps (Karras algorithm 2 without churn). Deterministic: ``seed`` is unused."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
+        denoised = denoise_at(model, x, sigma, i, callback)
         slope = derivative(x, sigma, denoised)
-        notify(callback, i, x, denoised)
         x = x + slope * (sigma_next - sigma)
     return x
 
@@ -46,9 +45,8 @@ def sample_euler_ancestral(
     noise = generator_noise(x, seed)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
+        denoised = denoise_at(model, x, sigma, i, callback)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        notify(callback, i, x, denoised)
         if sigma_down == 0:
             x = denoised
             continue
@@ -64,9 +62,8 @@ def sample_heun(
     """Heun's second-order method (trapezoid rule on the slope); two model calls per step."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
+        denoised = denoise_at(model, x, sigma, i, callback)
         slope = derivative(x, sigma, denoised)
-        notify(callback, i, x, denoised)
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = x + slope * dt
@@ -82,6 +79,16 @@ def _log_midpoint(a: Tensor, b: Tensor) -> Tensor:
     return a.log().lerp(b.log(), 0.5).exp()
 
 
+def _midpoint_move(model: Denoiser, x: Tensor, sigma: Tensor, slope: Tensor,
+                   target: Tensor) -> Tensor:
+    """DPM-Solver-2's move from sigma to target: the whole step taken with the slope found
+    at their log-midpoint (one extra model call)."""
+    sigma_mid = _log_midpoint(sigma, target)
+    x_mid = x + slope * (sigma_mid - sigma)
+    slope_mid = derivative(x_mid, sigma_mid, model(x_mid, per_item(sigma_mid, x)))
+    return x + slope_mid * (target - sigma)
+
+
 @torch.no_grad()
 def sample_dpm_2(
     model: Denoiser, x: Tensor, sigmas: Tensor, *, seed: int, callback: StepCallback | None = None
@@ -89,16 +96,12 @@ def sample_dpm_2(
     """DPM-Solver-2 in sigma: the whole step taken with the slope at the log-midpoint."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
+        denoised = denoise_at(model, x, sigma, i, callback)
         slope = derivative(x, sigma, denoised)
-        notify(callback, i, x, denoised)
         if sigma_next == 0:
             x = x + slope * (sigma_next - sigma)
             continue
-        sigma_mid = _log_midpoint(sigma, sigma_next)
-        x_mid = x + slope * (sigma_mid - sigma)
-        slope_mid = derivative(x_mid, sigma_mid, model(x_mid, per_item(sigma_mid, x)))
-        x = x + slope_mid * (sigma_next - sigma)
+        x = _midpoint_move(model, x, sigma, slope, sigma_next)
     return x
 
 
@@ -117,16 +120,12 @@ def sample_dpm_2_ancestral(
     noise = generator_noise(x, seed)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, per_item(sigma, x))
+        denoised = denoise_at(model, x, sigma, i, callback)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        notify(callback, i, x, denoised)
         slope = derivative(x, sigma, denoised)
         if sigma_down == 0:
             x = x + slope * (sigma_down - sigma)
             continue
-        sigma_mid = _log_midpoint(sigma, sigma_down)
-        x_mid = x + slope * (sigma_mid - sigma)
-        slope_mid = derivative(x_mid, sigma_mid, model(x_mid, per_item(sigma_mid, x)))
-        x = x + slope_mid * (sigma_down - sigma)
+        x = _midpoint_move(model, x, sigma, slope, sigma_down)
         x = x + noise(sigma, sigma_next) * s_noise * sigma_up
     return x

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Denoiser, StepCallback, derivative, notify, per_item
+from .base import Denoiser, StepCallback, denoise_at, derivative
 
 
 def multistep_weight(order: int, sigmas: np.ndarray, i: int, j: int) -> float:
@@ -47,9 +47,8 @@ def sample_lms(
     slopes: list[Tensor] = []
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
-        denoised = model(x, per_item(sigma, x))
+        denoised = denoise_at(model, x, sigma, i, callback)
         slopes = (slopes + [derivative(x, sigma, denoised)])[-order:]
-        notify(callback, i, x, denoised)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
