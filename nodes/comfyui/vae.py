@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from graph_runtime import Int, node
-from nodes.diffusion.tiling import blend_h, blend_v
+from nodes.diffusion.tiling import stitch
 from nodes.latents import pixels_to_images
 from nodes.types import VAE, Image, Latent, require
 
@@ -37,22 +37,7 @@ def _tiles(x: Tensor, fn: Callable[[Tensor], Tensor], tile: int, overlap: int,
     blended into its upper and left neighbours and cropped to its stride. fn changes the
     size by `scale` (8 to decode, 1/8 to encode)."""
     stride = max(tile - overlap, 1)
-    extent = int(overlap * scale)
-    limit = int(stride * scale)
-    rows = [[fn(x[:, :, i: i + tile, j: j + tile]) for j in range(0, x.shape[3], stride)]
-            for i in range(0, x.shape[2], stride)]
-    out_rows = []
-    for i, row in enumerate(rows):
-        pieces = []
-        for j, piece in enumerate(row):
-            if i > 0:
-                piece = blend_v(rows[i - 1][j], piece, extent)
-            if j > 0:
-                piece = blend_h(row[j - 1], piece, extent)
-            row[j] = piece
-            pieces.append(piece[:, :, :limit, :limit])
-        out_rows.append(torch.cat(pieces, dim=3))
-    return torch.cat(out_rows, dim=2)
+    return stitch(x, fn, tile, stride, int(overlap * scale), int(stride * scale))
 
 
 def _pixels_in(vae: VAE, pixels: Tensor, model: torch.nn.Module) -> Tensor:

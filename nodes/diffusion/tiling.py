@@ -42,28 +42,38 @@ def tiled(
     tile_out: int,
     overlap_factor: float = 0.25,
 ) -> torch.Tensor:
-    """Apply ``fn`` (which maps a ``tile_in`` tile to a ``tile_out`` tile) over ``x`` in tiles.
-
-    Each tile is blended with its already-blended upper and left neighbours, then cropped to
-    the stride, and the crops are stitched back together.
-    """
+    """Apply ``fn`` (which maps a ``tile_in`` tile to a ``tile_out`` tile) over ``x`` in tiles,
+    with diffusers' grid: tiles overlapping by ``overlap_factor`` of their size."""
     stride = int(tile_in * (1 - overlap_factor))
     extent = int(tile_out * overlap_factor)
-    limit = tile_out - extent
+    return stitch(x, fn, tile_in, stride, extent, tile_out - extent)
+
+
+def stitch(
+    x: torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    tile: int,
+    stride: int,
+    extent: int,
+    limit: int,
+) -> torch.Tensor:
+    """``fn`` over ``tile``-sized windows of ``x`` every ``stride`` cells. Each output is
+    blended over ``extent`` rows and columns with its already-blended upper and left
+    neighbours, then cropped to ``limit`` and the crops are stitched back together."""
     rows = [
-        [fn(x[:, :, i : i + tile_in, j : j + tile_in]) for j in range(0, x.shape[3], stride)]
+        [fn(x[:, :, i : i + tile, j : j + tile]) for j in range(0, x.shape[3], stride)]
         for i in range(0, x.shape[2], stride)
     ]
     out_rows = []
     for i, row in enumerate(rows):
         pieces = []
         for j in range(len(row)):
-            tile = row[j]
+            piece = row[j]
             if i > 0:
-                tile = blend_v(rows[i - 1][j], tile, extent)
+                piece = blend_v(rows[i - 1][j], piece, extent)
             if j > 0:
-                tile = blend_h(row[j - 1], tile, extent)
-            row[j] = tile
-            pieces.append(tile[:, :, :limit, :limit])
+                piece = blend_h(row[j - 1], piece, extent)
+            row[j] = piece
+            pieces.append(piece[:, :, :limit, :limit])
         out_rows.append(torch.cat(pieces, dim=3))
     return torch.cat(out_rows, dim=2)
