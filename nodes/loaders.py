@@ -77,7 +77,11 @@ def source_fingerprint(inputs: Mapping[str, Any], folders: Folders) -> str | Non
     source = inputs.get("source")
     if not isinstance(source, str):
         return None
-    root = resolve(source, folders)
+    return files_fingerprint(resolve(source, folders))
+
+
+def files_fingerprint(root: Path) -> str:
+    """The path of a model file or folder, and the size and mtime of every file in it."""
     parts = [str(root.resolve())]
     for f in _files_of(root):
         st = f.stat()

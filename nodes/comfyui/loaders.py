@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
 from graph_runtime import Choice, Folders, folders, node
@@ -21,6 +20,7 @@ from nodes.comfyui import model_paths
 from nodes.comfyui.types import Clip, Model
 from nodes.diffusion import checkpoints
 from nodes.diffusion.ksampling import DiscreteSampling
+from nodes.loaders import files_fingerprint
 from nodes.types import VAE, UNet
 
 log = logging.getLogger("noodle.comfyui")
@@ -38,25 +38,13 @@ def _choices(kind: str) -> Callable[[Folders], list[str]]:
     return names
 
 
-def _files_of(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 def _fingerprint(kind: str, input_name: str) -> Callable[[Mapping[str, Any], Folders],
                                                           str | None]:
     def fingerprint(inputs: Mapping[str, Any], run_folders: Folders) -> str | None:
         name = inputs.get(input_name)
         if not isinstance(name, str):
             return None
-        root = model_paths.find_model(kind, name, run_folders)
-        parts = [str(root.resolve())]
-        for f in _files_of(root):
-            st = f.stat()
-            parts.append(f"{f.relative_to(root) if f != root else f.name}:{st.st_size}:"
-                         f"{st.st_mtime_ns}")
-        return "|".join(parts)
+        return files_fingerprint(model_paths.find_model(kind, name, run_folders))
 
     return fingerprint
 
