@@ -1,4 +1,10 @@
-"""UNet2DConditionModel: the text-conditioned latent denoiser of Stable Diffusion 1.x/2.x."""
+"""UNet2DConditionModel: the text-conditioned latent denoiser of Stable Diffusion 1.x, 2.x
+and XL.
+
+SDXL adds one thing to the architecture of 1.x/2.x (besides depth, which the config sets):
+``addition_embed_type="text_time"``, an extra embedding of the pooled text embedding and the
+micro-conditioning numbers (sizes, crop, aesthetic score) added to the timestep embedding.
+"""
 
 from __future__ import annotations
 
@@ -68,9 +74,9 @@ UNET_DEFAULTS: dict[str, Any] = {
 }
 
 # Settings whose non-default values select architectures this module does not build
-# (SDXL micro-conditioning, class conditioning, LCM guidance embedding, ...).
+# (class conditioning, LCM guidance embedding, ...).
 _UNSUPPORTED = (
-    "encoder_hid_dim", "encoder_hid_dim_type", "class_embed_type", "addition_embed_type",
+    "encoder_hid_dim", "encoder_hid_dim_type", "class_embed_type",
     "num_class_embeds", "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act",
     "cross_attention_norm", "reverse_transformer_layers_per_block",
 )
@@ -88,6 +94,13 @@ def _check_supported(cfg: Mapping[str, Any]) -> None:
     for key, expected in checks.items():
         if cfg[key] != expected:
             raise ValueError(f"UNet2DConditionModel: {key}={cfg[key]!r} is not supported")
+    if cfg["addition_embed_type"] not in (None, "text_time"):
+        raise ValueError("UNet2DConditionModel: addition_embed_type="
+                         f"{cfg['addition_embed_type']!r} is not supported")
+    if cfg["addition_embed_type"] == "text_time" and not (
+            cfg["addition_time_embed_dim"] and cfg["projection_class_embeddings_input_dim"]):
+        raise ValueError("UNet2DConditionModel: addition_embed_type='text_time' needs "
+                         "addition_time_embed_dim and projection_class_embeddings_input_dim")
     if any(per_block(cfg["only_cross_attention"], len(cfg["down_block_types"]),
                      "only_cross_attention")):
         raise ValueError("UNet2DConditionModel: only_cross_attention is not supported")
@@ -127,6 +140,10 @@ class UNet2DConditionModel(ModelBase):
         k_in = cfg["conv_in_kernel"]
         self.conv_in = nn.Conv2d(self.in_channels, channels[0], k_in, padding=(k_in - 1) // 2)
         self.time_embedding = TimestepEmbedding(channels[0], time_dim, cfg["act_fn"])
+        self.add_embedding: TimestepEmbedding | None = None
+        if cfg["addition_embed_type"] == "text_time":
+            self.add_embedding = TimestepEmbedding(cfg["projection_class_embeddings_input_dim"],
+                                                   time_dim)
         opts = BlockOptions(
             temb_channels=time_dim, groups=cfg["norm_num_groups"], eps=cfg["norm_eps"],
             act_fn=cfg["act_fn"], dropout=cfg["dropout"],
@@ -196,13 +213,35 @@ class UNet2DConditionModel(ModelBase):
         self.conv_out = nn.Conv2d(channels, cfg["out_channels"], k_out,
                                   padding=(k_out - 1) // 2)
 
+    @property
+    def needs_text_time(self) -> bool:
+        """Whether ``forward`` needs ``added_cond_kwargs`` (pooled text + time ids: SDXL)."""
+        return self.add_embedding is not None
+
+    def _text_time_embedding(self, added: Mapping[str, torch.Tensor] | None,
+                             dtype: torch.dtype) -> torch.Tensor:
+        """SDXL's extra embedding: the pooled text embedding next to each micro-conditioning
+        number embedded sinusoidally, through an MLP (diffusers' ``add_embedding``)."""
+        if added is None or "text_embeds" not in added or "time_ids" not in added:
+            raise ValueError("this UNet (SDXL) needs added_cond_kwargs with 'text_embeds' "
+                             "(pooled text embeddings) and 'time_ids' (micro-conditioning)")
+        text_embeds, time_ids = added["text_embeds"], added["time_ids"]
+        cfg = self.config
+        time_embeds = timestep_embedding(time_ids.flatten(), cfg["addition_time_embed_dim"],
+                                         cfg["flip_sin_to_cos"], cfg["freq_shift"])
+        time_embeds = time_embeds.reshape(text_embeds.shape[0], -1)
+        assert self.add_embedding is not None
+        return self.add_embedding(torch.cat([text_embeds, time_embeds], dim=-1).to(dtype))
+
     def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Return the model output (same shape as ``sample``)."""
+        """Return the model output (same shape as ``sample``). ``added_cond_kwargs``
+        (``text_embeds``, ``time_ids``) is required by SDXL UNets and ignored otherwise."""
         factor = 2**self.num_upsamplers
         odd_size = any(s % factor != 0 for s in sample.shape[-2:])
         if self.config["center_input_sample"]:
@@ -211,6 +250,8 @@ class UNet2DConditionModel(ModelBase):
         t_emb = timestep_embedding(t, self.config["block_out_channels"][0],
                                    self.config["flip_sin_to_cos"], self.config["freq_shift"])
         emb = self.time_embedding(t_emb.to(dtype=sample.dtype))
+        if self.add_embedding is not None:
+            emb = emb + self._text_time_embedding(added_cond_kwargs, emb.dtype)
 
         h = self.conv_in(sample)
         skips: tuple[torch.Tensor, ...] = (h,)
