@@ -26,19 +26,43 @@ from nodes.diffusion.unet import UNet2DConditionModel
 @socket_type("TOKENIZER", color="#d08770")
 @dataclass(frozen=True, eq=False)
 class Tokenizer:
-    """A CLIP tokenizer (transformers). Carries no tensors, so the cache counts it as free."""
+    """A CLIP tokenizer (transformers). Carries no tensors, so the cache counts it as free.
+
+    SDXL base has two (OpenAI CLIP-L's, then OpenCLIP-G's in `tokenizer_2`), carried in one
+    value so the nodes that tokenize work unchanged; SDXL's refiner has only the second,
+    which is then `tokenizer`.
+    """
 
     tokenizer: Any
     source: str = ""
+    tokenizer_2: Any = None
+
+    @property
+    def tokenizers(self) -> tuple[Any, ...]:
+        return (self.tokenizer,) if self.tokenizer_2 is None else (self.tokenizer,
+                                                                    self.tokenizer_2)
 
 
 @socket_type("TEXT_ENCODER", color="#ebcb8b")
 @dataclass(frozen=True, eq=False)
 class TextEncoder:
-    """A CLIP text model; counted in the cache by its parameter bytes."""
+    """A CLIP text model; counted in the cache by its parameter bytes.
+
+    With `sdxl`, prompts are encoded as SDXL's pipelines do: the penultimate hidden states
+    of every encoder (`model`, then `model_2`) concatenated, and the pooled embedding from
+    the last encoder's projection. `zero_uncond` is SDXL's `force_zeros_for_empty_prompt`:
+    the unconditional input is zeros, not the empty prompt's encoding.
+    """
 
     model: torch.nn.Module
     source: str = ""
+    model_2: torch.nn.Module | None = None
+    sdxl: bool = False
+    zero_uncond: bool = False
+
+    @property
+    def models(self) -> tuple[torch.nn.Module, ...]:
+        return (self.model,) if self.model_2 is None else (self.model, self.model_2)
 
 
 @socket_type("UNET", color="#b48ead")
@@ -129,6 +153,8 @@ class Tokens:
     uncond_ids: torch.Tensor  # [1, L]
     uncond_mask: torch.Tensor  # [1, L]
     prompts: tuple[str, ...] = ()
+    # The same prompts through SDXL's second tokenizer.
+    second: Tokens | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,14 +170,22 @@ class CondPart:
         return CondPart(self.embeds, {**self.options, **changes})
 
 
-# Options that change nothing about where or when a part applies (SDXL's pooled output).
-PLAIN_OPTIONS = frozenset({"pooled_output"})
+# SDXL's micro-conditioning, by ComfyUI's option names: original size, crop, target size,
+# the refiner's aesthetic score (and ours: the score for the unconditional side).
+MICRO_CONDITIONING = ("width", "height", "crop_w", "crop_h", "target_width", "target_height",
+                      "aesthetic_score", "negative_aesthetic_score")
+# Options that change nothing about where or when a part applies (SDXL's pooled output and
+# micro-conditioning).
+PLAIN_OPTIONS = frozenset({"pooled_output", *MICRO_CONDITIONING})
 
 
 @socket_type("CONDITIONING", color="#f0a35e")
 @dataclass(frozen=True, eq=False)
 class Conditioning:
     """Text embeddings `[N, L, D]` of N prompts and the empty prompt's embedding `[1, L, D]`.
+
+    SDXL's conditioning also carries pooled embeddings and micro-conditioning (see
+    `MICRO_CONDITIONING`) in `options`.
 
     One value is also what ComfyUI calls a conditioning: a list of entries, each embeddings
     plus options (an area, a strength, a timestep range). The first entry is `embeds` with
@@ -164,6 +198,9 @@ class Conditioning:
     prompts: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     more: tuple[CondPart, ...] = ()
+    # SDXL: the pooled embedding of the unconditional input (the prompts' own pooled
+    # embeddings `[N, P]` are the "pooled_output" option, as in ComfyUI).
+    uncond_pooled: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:

@@ -9,9 +9,11 @@ import pytest
 
 from tests.support.tiny_models import (
     TinyModel,
+    TinySDXL,
     build_tiny_ddpm,
     build_tiny_sd,
     build_tiny_sd1,
+    build_tiny_sdxl,
 )
 
 
@@ -31,3 +33,9 @@ def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 def tiny_ddpm(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """The unconditional DDPM pipeline."""
     return build_tiny_ddpm(tmp_path_factory.mktemp("models") / "tiny-ddpm")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> TinySDXL:
+    """The tiny SDXL base pipeline and its refiner."""
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")

@@ -8,12 +8,12 @@ over a hub id of the same spelling, so a local copy always shadows the network.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .clip import load_text_encoder, load_tokenizer
 from .devices import pick_device, pick_dtype
@@ -32,10 +32,19 @@ _UNET_CLASSES: dict[str, type[UNet2DConditionModel] | type[UNet2DModel]] = {
 }
 
 
+# Pipeline-level settings of SDXL's model_index.json that change how prompts are encoded.
+PIPELINE_FLAGS = ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
+
+
 @dataclass
 class Components:
     """What a loaded pipeline consists of; ``kind`` is ``"sd"`` (text-to-image in latent
-    space) or ``"unet2d"`` (unconditional pixel-space DDPM: no text encoder, no VAE)."""
+    space) or ``"unet2d"`` (unconditional pixel-space DDPM: no text encoder, no VAE).
+
+    SDXL has a second tokenizer and text encoder (OpenCLIP-G, with a projection for the
+    pooled embedding); its refiner has only those, so there ``tokenizer``/``text_encoder``
+    are None. ``flags`` holds the pipeline settings of ``PIPELINE_FLAGS`` it declares.
+    """
 
     tokenizer: CLIPTokenizer | None
     text_encoder: CLIPTextModel | None
@@ -44,6 +53,9 @@ class Components:
     scheduler_config: dict[str, Any] | None
     source: str
     kind: str
+    tokenizer_2: CLIPTokenizer | None = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
 
 
 # Where names are looked up when no models folder is given (the caller's folders decide).
@@ -174,7 +186,19 @@ def _load_folder(folder: Path, dtype_name: str | torch.dtype, device: torch.devi
         tokenizer = load_tokenizer(folder / "tokenizer")
     elif text_encoder is not None:
         tokenizer = load_tokenizer()
-    return Components(tokenizer, text_encoder, unet, vae, scheduler_config, source, "sd")
+    text_dir_2 = _component_dir(folder, "text_encoder_2")
+    text_encoder_2 = (load_text_encoder(text_dir_2, dtype, device)
+                      if text_dir_2 is not None else None)
+    tokenizer_2 = None
+    if (folder / "tokenizer_2").is_dir():
+        tokenizer_2 = load_tokenizer(folder / "tokenizer_2")
+    elif text_encoder_2 is not None:
+        raise WeightsError(f"{folder}: has text_encoder_2/ but no tokenizer_2/")
+    index = folder / "model_index.json"
+    settings = _read_json(index) if index.is_file() else {}
+    flags = {k: settings[k] for k in PIPELINE_FLAGS if k in settings}
+    return Components(tokenizer, text_encoder, unet, vae, scheduler_config, source, "sd",
+                      tokenizer_2, text_encoder_2, flags)
 
 
 def load_components(

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .storage import StateDict, WeightsError, build_from_state, find_weights, read_weights
 
@@ -46,24 +46,30 @@ def load_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
 
 
 def _apply_tokenizer_config(tokenizer: CLIPTokenizer, folder: Path) -> None:
-    """Honour ``model_max_length`` from a tokenizer_config.json next to a tokenizer.json."""
+    """Honour ``model_max_length`` and the padding token (OpenCLIP's tokenizer, SDXL's
+    second, pads with "!") from a tokenizer_config.json next to a tokenizer.json."""
     config_path = folder / "tokenizer_config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text())
         if "model_max_length" in config:
             tokenizer.model_max_length = int(config["model_max_length"])
+        if isinstance(config.get("pad_token"), str):
+            tokenizer.pad_token = config["pad_token"]
 
 
-def strip_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
+def strip_prefix(state: Mapping[str, torch.Tensor], keep_projection: bool = False
+                 ) -> StateDict:
     """Text-encoder weights keyed without the ``text_model.`` prefix.
 
-    Drops ``position_ids`` (a constant rebuilt on load) and projection heads that
-    CLIPTextModel does not have.
+    Drops ``position_ids`` (a constant rebuilt on load) and ``logit_scale``; drops the
+    projection head too unless ``keep_projection`` (SDXL's second encoder uses it).
     """
     out: StateDict = {}
     for key, value in state.items():
         key = key.removeprefix("text_model.")
-        if key.endswith("position_ids") or key.startswith(("text_projection", "logit_scale")):
+        if key.endswith("position_ids") or key.startswith("logit_scale"):
+            continue
+        if key.startswith("text_projection") and not keep_projection:
             continue
         out[key] = value
     return out
@@ -91,27 +97,34 @@ def _embeddings(model: CLIPTextModel) -> torch.nn.Module:
     return inner.embeddings
 
 
+TextModel = CLIPTextModel | CLIPTextModelWithProjection
+
+
 def text_encoder_from_state(
     state: Mapping[str, torch.Tensor],
     config: CLIPTextConfig | None,
     dtype: torch.dtype | None,
     device: torch.device | str,
-) -> CLIPTextModel:
-    """Build a CLIPTextModel without random init and fill it with ``state``.
+    with_projection: bool = False,
+) -> TextModel:
+    """Build a CLIPTextModel (or, ``with_projection``, SDXL's second encoder
+    CLIPTextModelWithProjection) without random init and fill it with ``state``.
 
     Keys are accepted with or without ``text_model.`` and renamed to what the installed
     transformers version expects.
     """
-    plain = strip_prefix(state)
+    plain = strip_prefix(state, keep_projection=with_projection)
     config = config or infer_text_config(plain)
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     with torch.device("meta"):
-        probe = CLIPTextModel(config)
+        probe = cls(config)
     prefix = "text_model." if hasattr(probe, "text_model") else ""
     del probe
-    prefixed = {f"{prefix}{k}": v for k, v in plain.items()}
+    prefixed = {k if k.startswith("text_projection") else f"{prefix}{k}": v
+                for k, v in plain.items()}
 
-    def factory() -> CLIPTextModel:
-        model = CLIPTextModel(config)
+    def factory() -> TextModel:
+        model = cls(config)
         # A constant, not a weight: removed here and rebuilt on the target device below.
         _embeddings(model).register_buffer("position_ids", None, persistent=False)
         return model
@@ -125,13 +138,19 @@ def text_encoder_from_state(
 
 def load_text_encoder(
     folder: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
-) -> CLIPTextModel:
-    """A CLIPTextModel from a transformers-style folder (config.json + weights)."""
+) -> TextModel:
+    """A CLIPTextModel, or a CLIPTextModelWithProjection when the folder's config says so
+    (SDXL's ``text_encoder_2``), from a transformers-style folder (config.json + weights)."""
     folder = Path(folder)
     config_path = folder / "config.json"
-    config = CLIPTextConfig.from_json_file(str(config_path)) if config_path.is_file() else None
+    config, with_projection = None, False
+    if config_path.is_file():
+        config = CLIPTextConfig.from_json_file(str(config_path))
+        architectures = json.loads(config_path.read_text()).get("architectures") or []
+        with_projection = "CLIPTextModelWithProjection" in architectures
     weights = find_weights(folder, ("model", "pytorch_model"))
     try:
-        return text_encoder_from_state(read_weights(weights), config, dtype, device)
+        return text_encoder_from_state(read_weights(weights), config, dtype, device,
+                                       with_projection)
     except WeightsError as exc:
         raise WeightsError(f"{folder}: {exc}") from exc

@@ -127,3 +127,39 @@ def tiny_text_config() -> Any:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(**SD1_TEXT)
+
+# ------------------------------------------------------------------ tiny SDXL (graph runs)
+# SDXL's conventions at toy width: 64-channel attention heads, linear projections, a deeper
+# transformer in the lower level, CLIP-L-like and OpenCLIP-G-like text encoders whose
+# penultimate states are concatenated (64 + 64 = the UNet's context), a pooled projection
+# (48, unequal to the width so a transposed projection cannot pass) and 8-wide embeddings of
+# the six micro-conditioning numbers (five for the refiner: sizes, crop, aesthetic score).
+SDXL_TIME_DIM = 8
+SDXL_POOLED = 48
+SDXL_UNET: dict[str, Any] = dict(
+    block_out_channels=(64, 128), layers_per_block=2, sample_size=IMAGE_SIZE // 2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(1, 2),
+    transformer_layers_per_block=(1, 2), use_linear_projection=True, cross_attention_dim=128,
+    addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_DIM,
+    projection_class_embeddings_input_dim=SDXL_POOLED + 6 * SDXL_TIME_DIM,
+)
+SDXL_REFINER_UNET: dict[str, Any] = dict(
+    SDXL_UNET, cross_attention_dim=64, transformer_layers_per_block=2,
+    projection_class_embeddings_input_dim=SDXL_POOLED + 5 * SDXL_TIME_DIM,
+)
+SDXL_VAE: dict[str, Any] = dict(SD_VAE, scaling_factor=0.13025, force_upcast=True)
+SDXL_TEXT_L: dict[str, Any] = dict(SD_TEXT, hidden_size=64, intermediate_size=96,
+                                   num_attention_heads=1, hidden_act="quick_gelu")
+SDXL_TEXT_G: dict[str, Any] = dict(SD_TEXT, hidden_size=64, intermediate_size=128,
+                                   num_attention_heads=1, num_hidden_layers=3,
+                                   projection_dim=SDXL_POOLED, hidden_act="gelu",
+                                   pad_token_id=0)
+# SDXL base 1.0's scheduler_config.json.
+SDXL_SCHEDULER: dict[str, Any] = {
+    "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+    "interpolation_type": "linear", "sample_max_value": 1.0, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading",
+    "trained_betas": None, "use_karras_sigmas": False, "clip_sample": False,
+}

@@ -6,6 +6,8 @@ Kinds:
 - `build_tiny_sd`: 32 px Stable Diffusion for whole-graph runs against diffusers' pipelines.
 - `build_tiny_sd1`: Stable Diffusion with SD1.x conventions, exportable to a single file.
 - `build_tiny_ddpm`: an unconditional pixel-space DDPM (UNet2DModel).
+- `build_tiny_sdxl`: SDXL base (two text encoders, text_time UNet, SDXL's VAE settings) and,
+  in a sibling folder, its refiner (second encoder only, aesthetic-score UNet).
 
 diffusers, transformers and torch are imported when a model is built, so collecting the
 tests that never use one stays fast.
@@ -26,6 +28,12 @@ from tests.support.model_configs import (
     SD_TEXT,
     SD_UNET,
     SD_VAE,
+    SDXL_REFINER_UNET,
+    SDXL_SCHEDULER,
+    SDXL_TEXT_G,
+    SDXL_TEXT_L,
+    SDXL_UNET,
+    SDXL_VAE,
     tiny_text_config,
 )
 
@@ -98,6 +106,48 @@ def build_tiny_ddpm(folder: Path) -> TinyModel:
                                   scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000))
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return TinyModel(folder, pipe)
+
+
+@dataclass(frozen=True)
+class TinySDXL:
+    """The tiny SDXL base and refiner pipelines (saved folders and diffusers objects)."""
+
+    base: TinyModel
+    refiner: TinyModel
+
+
+def build_tiny_sdxl(folder: Path) -> TinySDXL:
+    """SDXL base in `folder`, its refiner in `folder` + "-refiner" (same second encoder and
+    VAE, as the real refiner shares OpenCLIP-G and the VAE with the base)."""
+    import diffusers
+    import torch
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
+                              CLIPTokenizer)
+
+    from nodes.diffusion.clip import SHIPPED_TOKENIZER
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**SDXL_UNET).eval()
+    refiner_unet = diffusers.UNet2DConditionModel(**SDXL_REFINER_UNET).eval()
+    vae = diffusers.AutoencoderKL(**SDXL_VAE).eval()
+    text_l = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_L)).eval()
+    text_g = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_G)).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER))
+    # OpenCLIP's tokenizer pads with "!" (id 0) where OpenAI's pads with the end token.
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER), pad_token="!")
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+    base = diffusers.StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_l, text_encoder_2=text_g, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=True)
+    base.save_pretrained(str(folder), safe_serialization=True)
+    refiner = diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=text_g, tokenizer=None,
+        tokenizer_2=tokenizer_2, unet=refiner_unet, scheduler=scheduler,
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    refiner_folder = folder.with_name(folder.name + "-refiner")
+    refiner.save_pretrained(str(refiner_folder), safe_serialization=True)
+    return TinySDXL(TinyModel(folder, base), TinyModel(refiner_folder, refiner))
 
 
 def reference_pipeline(kind: str, folder: Path) -> Any:
