@@ -125,6 +125,28 @@ class Pipeline(NamedTuple):
     scheduler: SchedulerSpec
 
 
+def _tokenizer(comp: checkpoints.Components, source: str) -> Tokenizer | None:
+    """One value for one or two tokenizers (SDXL); the refiner's only one comes first."""
+    first, second = comp.tokenizer, comp.tokenizer_2
+    if first is None:
+        first, second = second, None
+    return Tokenizer(first, source, second) if first is not None else None
+
+
+def _text_encoder(comp: checkpoints.Components, source: str) -> TextEncoder | None:
+    """One value for one or two text encoders, encoding the SDXL way when the UNet takes
+    pooled embeddings and micro-conditioning."""
+    first, second = comp.text_encoder, comp.text_encoder_2
+    if first is None:
+        first, second = second, None
+    if first is None:
+        return None
+    sdxl = bool(getattr(comp.unet, "needs_text_time", False))
+    # diffusers' SDXL pipelines default to zeros for an absent negative prompt.
+    zero_uncond = bool(comp.flags.get("force_zeros_for_empty_prompt", sdxl))
+    return TextEncoder(first, source, second, sdxl=sdxl, zero_uncond=zero_uncond)
+
+
 # Widget types the loaders share: a model source, a precision, a device.
 Source = Annotated[str, Choice(model_choices, allow_other=True, tooltip=(
     "a diffusers folder, a .safetensors checkpoint, a name under models/, or org/name from "
@@ -151,9 +173,8 @@ def load_pipeline(source: Source = DEFAULT_MODEL, dtype: Dtype = "auto",
                                        models_dir=models)
     cfg = comp.scheduler_config
     return Pipeline(
-        tokenizer=Tokenizer(comp.tokenizer, source) if comp.tokenizer is not None else None,
-        text_encoder=(TextEncoder(comp.text_encoder, source)
-                      if comp.text_encoder is not None else None),
+        tokenizer=_tokenizer(comp, source),
+        text_encoder=_text_encoder(comp, source),
         unet=UNet(comp.unet, source) if comp.unet is not None else None,
         vae=VAE(comp.vae, source) if comp.vae is not None else None,
         scheduler=(SchedulerSpec(cfg["_class_name"], dict(cfg), source) if cfg is not None

@@ -121,8 +121,12 @@ def build_tiny_sdxl(folder: Path) -> TinySDXL:
     VAE, as the real refiner shares OpenCLIP-G and the VAE with the base)."""
     import diffusers
     import torch
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
-                              CLIPTokenizer)
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     from nodes.diffusion.clip import SHIPPED_TOKENIZER
 
