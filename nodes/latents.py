@@ -69,7 +69,8 @@ def random_latents(
     factor = vae.scale_factor
     width, height = width or native_size(unet, factor), height or native_size(unet, factor)
     _check_size("RandomLatents", width, height, factor)
-    extra = {"rgb_projection": fit_projection(vae.model, vae.scaling_factor)}
+    extra = {"rgb_projection": fit_projection(vae.model, vae.scaling_factor),
+             "pixel_size": (height, width)}
     return seeded_noise(unet, batch_size, height // factor, width // factor, seed, extra)
 
 
@@ -105,15 +106,15 @@ def vae_encode_sampled(vae: VAE, images: Image, seed: SeedValue = 0) -> Latent:
     require(vae, "VAEEncodeSampled", "vae")
     _check_size("VAEEncodeSampled", images.pixels.shape[2], images.pixels.shape[1],
                 vae.scale_factor)
-    model = vae.prepared()
-    p = next(model.parameters())
-    x = images.pixels.permute(0, 3, 1, 2).to(p.device, p.dtype) * 2 - 1
     seeds = tuple(seed + i for i in range(images.batch))
     gens = new_generators(seeds)
-    with torch.no_grad():
+    with vae.running() as model, torch.no_grad():
+        p = next(model.parameters())
+        x = images.pixels.permute(0, 3, 1, 2).to(p.device, p.dtype) * 2 - 1
         parts = [model.encode(x[i: i + 1]).sample(gens[i]) for i in range(images.batch)]
-    samples = torch.cat(parts) * vae.scaling_factor
-    extra = {"rgb_projection": fit_projection(model, vae.scaling_factor)}
+    samples = vae.to_latents(torch.cat(parts))
+    extra = {"rgb_projection": fit_projection(vae.model, vae.scaling_factor),
+             "pixel_size": tuple(images.pixels.shape[1:3])}
     return Latent(samples, seeds, generator_states(gens), noise=False, extra=extra)
 
 

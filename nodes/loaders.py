@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
-from graph_runtime import Choice, Folders, folders, node
+from graph_runtime import Bool, Choice, Folders, folders, node
 from nodes.diffusion import checkpoints
-from nodes.diffusion.schedulers import SCHEDULER_NAMES, scheduler_from_config
+from nodes.diffusion.schedulers import SCHEDULER_NAMES, SCHEDULERS
 from nodes.types import VAE, SchedulerSpec, TextEncoder, Tokenizer, UNet
 
 DEFAULT_MODEL = "noodle-tiny"
@@ -109,12 +109,14 @@ def absent_components(inputs: Mapping[str, Any], folders: Folders) -> dict[str, 
     except (OSError, ValueError):
         return {}
     kind = data.get("_class_name", "this pipeline")
-    missing = {}
-    for name in COMPONENTS:
+
+    def present(name: str) -> bool:
         entry = data.get(name)
-        if not entry or (isinstance(entry, list) and entry[0] is None):
-            missing[name] = f"{source!r} ({kind}) has no {name}"
-    return missing
+        return bool(entry) and not (isinstance(entry, list) and entry[0] is None)
+
+    # SDXL's refiner has only the second tokenizer and encoder; the outputs carry it.
+    return {name: f"{source!r} ({kind}) has no {name}" for name in COMPONENTS
+            if not present(name) and not present(f"{name}_2")}
 
 
 class Pipeline(NamedTuple):
@@ -210,8 +212,16 @@ def load_scheduler(
 def swap_scheduler(
     scheduler: SchedulerSpec,
     type: Annotated[str, Choice(SCHEDULER_NAMES)] = "EulerDiscreteScheduler",
+    karras_sigmas: Annotated[bool, Bool(tooltip=(
+        "Karras's noise levels (e.g. DPM++ 2M Karras); for the sigma-based schedulers"))]
+    = False,
 ) -> SchedulerSpec:
     """Another scheduler with the same training configuration (diffusers' `from_config`):
     betas and train steps are kept, the new class's own options take their defaults."""
-    swapped = scheduler_from_config(scheduler.config, type)
+    overrides = {"use_karras_sigmas": True} if karras_sigmas else {}
+    try:
+        swapped = SCHEDULERS[type].from_config(scheduler.config, **overrides)
+    except TypeError as exc:
+        raise ValueError(f"SwapScheduler: input 'karras_sigmas': {type} has no Karras "
+                         "sigmas option") from exc
     return SchedulerSpec(type, dict(swapped.config), scheduler.source)

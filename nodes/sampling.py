@@ -19,6 +19,7 @@ import torch
 from graph_runtime import Float, Int, current, node
 from nodes.diffusion.schedulers.schedule import randn
 from nodes.guidance import combine, guidance_context, match_batch
+from nodes.micro_conditioning import added_conditions, pixel_size
 from nodes.previews import step_preview
 from nodes.types import Conditioning, Latent, SchedulerSpec, UNet, generator_states, require
 
@@ -35,6 +36,35 @@ def img2img_timesteps(sched: Any, steps: int, strength: float) -> tuple[torch.Te
         raise ValueError(f"Denoise: strength {strength} keeps no step of {steps}; raise "
                          "the strength or the number of steps")
     return timesteps, steps - t_start
+
+
+def _cutoff(sched: Any, fraction: float) -> int:
+    """The training timestep at which a fraction of the denoising is done (diffusers)."""
+    train_steps = int(sched.config["num_train_timesteps"])
+    return int(round(train_steps - fraction * train_steps))
+
+
+def continued_timesteps(sched: Any, denoising_start: float) -> tuple[torch.Tensor, int]:
+    """diffusers' `denoising_start`: the timesteps below the cutoff (one more for
+    second-order schedulers when they would end mid-step), continuing where a first
+    Denoise stopped with `denoising_end` (SDXL's ensemble of expert denoisers)."""
+    timesteps = sched.timesteps
+    count = int((timesteps < _cutoff(sched, denoising_start)).sum())
+    if sched.order == 2 and count % 2 == 0:
+        count += 1
+    start = len(timesteps) - count
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start)
+    if count == 0:
+        raise ValueError(f"Denoise: denoising_start {denoising_start} leaves no step")
+    return timesteps[start:], count
+
+
+def stop_early(sched: Any, timesteps: torch.Tensor, denoising_end: float) -> torch.Tensor:
+    """diffusers' `denoising_end`: keep the timesteps at or above the cutoff, handing the
+    still-noisy latents to the next Denoise."""
+    cutoff = _cutoff(sched, denoising_end)
+    return timesteps[: sum(1 for t in timesteps.tolist() if t >= cutoff)]
 
 
 def step_counter(n_timesteps: int, steps: int, order: int) -> list[int]:
@@ -65,11 +95,18 @@ def _check_inputs(unet: UNet, positive: Conditioning | None,
 
 
 def starting_sample(sched: Any, latents: Latent, gens: list[torch.Generator], steps: int,
-                    strength: float, device: torch.device, dtype: torch.dtype
-                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+                    strength: float, device: torch.device, dtype: torch.dtype,
+                    denoising_start: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The first sample, the timesteps to run and how many steps they make: pure noise
-    scaled by `init_noise_sigma` (text to image), or clean latents noised to the first
-    timestep that `strength` keeps (image to image), the noise drawn from their streams."""
+    scaled by `init_noise_sigma` (text to image), clean latents noised to the first
+    timestep that `strength` keeps (image to image), the noise drawn from their streams, or
+    (`denoising_start` > 0) partly denoised latents taken as they are."""
+    if 0.0 < denoising_start < 1.0:
+        if latents.noise:
+            raise ValueError("Denoise: denoising_start continues a denoising; link the "
+                             "latents of a Denoise that stopped at denoising_end")
+        timesteps, n_steps = continued_timesteps(sched, denoising_start)
+        return latents.samples.to(device, dtype), timesteps, n_steps
     if latents.noise:
         if strength < 1.0:
             raise ValueError("Denoise: strength < 1 refines an existing image; link "
@@ -105,6 +142,9 @@ class StepReport:
                      step_preview(shown, self.projection, self.pixel_space))
 
 
+Fraction = Annotated[float, Float(min=0.0, max=1.0, step=0.01)]
+
+
 @node("Denoise", category="sampling", output="latents")
 def denoise(
     unet: UNet,
@@ -115,12 +155,19 @@ def denoise(
     steps: Annotated[int, Int(min=1, max=1000)] = 20,
     guidance_scale: Annotated[float, Float(min=0.0, max=100.0, step=0.1)] = 7.5,
     strength: Annotated[float, Float(min=0.0, max=1.0, step=0.01)] = 1.0,
+    denoising_start: Fraction = 0.0,
+    denoising_end: Fraction = 1.0,
 ) -> Latent:
     """Run the denoising loop. Without `negative`, the empty prompt is the unconditional
     input; `guidance_scale` <= 1 disables guidance (one UNet evaluation per step).
-    `strength` < 1 needs clean latents (VAEEncode): that is img2img."""
+    `strength` < 1 needs clean latents (VAEEncode): that is img2img. `denoising_end` stops
+    part-way and `denoising_start` continues from there (SDXL base, then its refiner)."""
     _check_inputs(unet, positive, negative)
     require(scheduler, "Denoise", "scheduler")
+    if 0.0 < denoising_start < 1.0 and 0.0 < denoising_end < 1.0 and (
+            denoising_start >= denoising_end):
+        raise ValueError(f"Denoise: denoising_start {denoising_start} must be below "
+                         f"denoising_end {denoising_end}")
     model = unet.prepared()
     device, dtype = model.device, model.dtype
     sched = scheduler.build()
@@ -128,11 +175,17 @@ def denoise(
     latents, batch = match_batch(latents, positive)
     gens = latents.generators()
     x, timesteps, n_steps = starting_sample(sched, latents, gens, steps, strength, device,
-                                            dtype)
+                                            dtype, denoising_start)
+    if 0.0 < denoising_end < 1.0:
+        timesteps = stop_early(sched, timesteps, denoising_end)
+        n_steps = min(n_steps, max(len(timesteps) // sched.order, 1))
     use_cfg = unet.conditional and guidance_scale > 1.0
-    context = None
+    context, added = None, None
     if unet.conditional:
         context = guidance_context(positive, negative, batch, use_cfg, device, dtype)
+        if getattr(model, "needs_text_time", False):
+            added = added_conditions(model.config, positive, negative, batch, use_cfg,
+                                     pixel_size(latents), device, dtype)
     report = StepReport(len(timesteps), n_steps, sched.order, latents)
     with torch.no_grad():
         for i, t in enumerate(timesteps):
@@ -140,7 +193,8 @@ def denoise(
             if context is None:
                 pred = model(model_in, t)
             else:
-                pred = model(model_in, t, encoder_hidden_states=context)
+                pred = model(model_in, t, encoder_hidden_states=context,
+                             added_cond_kwargs=added)
             if use_cfg:
                 pred = combine(pred, guidance_scale)
             out = sched.step(pred, t, x, generator=gens)

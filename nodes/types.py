@@ -12,7 +12,8 @@ different settings on one cached model never see each other's choice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,6 +118,46 @@ class VAE:
         model.enable_tiling() if self.tiling else model.disable_tiling()
         model.enable_slicing() if self.slicing else model.disable_slicing()
         return model
+
+    @contextmanager
+    def running(self) -> Iterator[torch.nn.Module]:
+        """The prepared module, in float32 for the duration when its config says
+        `force_upcast` and it is held in float16 (SDXL's VAE overflows in fp16; diffusers'
+        SDXL pipelines upcast it the same way around each encode and decode)."""
+        model = self.prepared()
+        dtype = next(model.parameters()).dtype
+        upcast = dtype == torch.float16 and bool(model.config.get("force_upcast", False))
+        if not upcast:
+            yield model
+            return
+        model.to(torch.float32)
+        try:
+            yield model
+        finally:
+            model.to(dtype)
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel latent mean and std, for VAEs whose config has them."""
+        mean, std = self.model.config.get("latents_mean"), self.model.config.get("latents_std")
+        if mean is None or std is None:
+            return None
+        shape = (1, len(mean), 1, 1)
+        return (torch.tensor(mean, device=like.device, dtype=like.dtype).view(shape),
+                torch.tensor(std, device=like.device, dtype=like.dtype).view(shape))
+
+    def to_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's raw latents to the unit-variance space the UNet works in."""
+        stats = self._stats(z)
+        if stats is None:
+            return z * self.scaling_factor
+        return (z - stats[0]) * self.scaling_factor / stats[1]
+
+    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The UNet's latents back to the VAE's raw latents (the inverse of `to_latents`)."""
+        stats = self._stats(z)
+        if stats is None:
+            return z / self.scaling_factor
+        return z * stats[1] / self.scaling_factor + stats[0]
 
     def with_options(self, **changes: Any) -> VAE:
         return replace(self, **changes)

@@ -60,10 +60,9 @@ def _decode(node_type: str, vae: VAE, samples: Latent, tile: int = 0, overlap: i
     module's own tiling option."""
     require(vae, node_type, "vae")
     factor = vae.scale_factor
-    model = (vae.with_options(tiling=False) if tile else vae).prepared()
-    p = next(model.parameters())
-    z = samples.samples.to(p.device, p.dtype) / vae.scaling_factor
-    with torch.no_grad():
+    with (vae.with_options(tiling=False) if tile else vae).running() as model, torch.no_grad():
+        p = next(model.parameters())
+        z = vae.from_latents(samples.samples.to(p.device, p.dtype))
         if tile:
             x = _tiles(z, model.decode, tile // factor, overlap // factor, float(factor))
         else:
@@ -75,20 +74,20 @@ def _encode(node_type: str, vae: VAE, pixels: Image, tile: int = 0, overlap: int
             ) -> Latent:
     """The latent distribution's mean times the scaling factor, whole or in tiles."""
     require(vae, node_type, "vae")
-    model = (vae.with_options(tiling=False) if tile else vae).prepared()
-    x = _pixels_in(vae, pixels.pixels, model)
+    with (vae.with_options(tiling=False) if tile else vae).running() as model, torch.no_grad():
+        x = _pixels_in(vae, pixels.pixels, model)
 
-    def mean(t: Tensor) -> Tensor:
-        return model.encode(t).mean
+        def mean(t: Tensor) -> Tensor:
+            return model.encode(t).mean
 
-    with torch.no_grad():
         z = _tiles(x, mean, tile, overlap, 1 / vae.scale_factor) if tile else mean(x)
-    return Latent(z.float() * vae.scaling_factor, noise=False)
+    return Latent(vae.to_latents(z.float()), noise=False)
 
 
 @node("VAEDecode", category="ComfyUI/latent", output="IMAGE", display_name="VAE Decode")
 def vae_decode(samples: Latent, vae: VAE) -> Image:
-    """Latents to images: divide by the VAE's scaling factor, decode, map -1..1 to 0..1."""
+    """Latents to images: undo the VAE's scaling (and its latent mean and std where its
+    config has them), decode, map -1..1 to 0..1."""
     return _decode("VAEDecode", vae, samples)
 
 
