@@ -1,10 +1,13 @@
 """Our models against diffusers': time, peak memory and load time, same weights, same run.
 
     python benchmarks/models.py [--repeats 3] [--rounds 2] [--threads 1] [--keep DIR]
+                                [--only unet|vae|sdxl]
 
 An SD1.5-size UNet (random weights, sample_size=64, cross_attention_dim=768) runs on the CPU
-in fp32 at batch 2 on 32x32 latents; the SD VAE decodes one 32x32 latent; and the saved
-folders are loaded by both implementations. Every measurement runs in a fresh subprocess
+in fp32 at batch 2 on 32x32 latents; the SD VAE decodes one 32x32 latent; the SDXL base UNet
+(full size, 2.6 B parameters, saved in fp16 to halve the disk it takes, run in fp32) runs at
+batch 2 on 32x32 latents with pooled text and micro-conditioning; and the saved folders are
+loaded by both implementations. Every measurement runs in a fresh subprocess
 so one implementation's allocator state cannot flatter the other. Peak memory is the rise
 of the process's peak RSS during a forward pass (after a warm-up pass has touched the
 weights), read from /proc on Linux with glibc's allocator cache disabled for that run.
@@ -26,6 +29,16 @@ from pathlib import Path
 from typing import Any
 
 SD15_UNET: dict[str, Any] = {"sample_size": 64, "cross_attention_dim": 768}
+# SDXL base 1.0's UNet config.
+SDXL_UNET: dict[str, Any] = {
+    "sample_size": 128, "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "attention_head_dim": [5, 10, 20], "transformer_layers_per_block": [1, 2, 10],
+    "cross_attention_dim": 2048, "use_linear_projection": True,
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
 SD_VAE: dict[str, Any] = {
     "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
@@ -60,25 +73,29 @@ def worker(impl: str, task: str, folder: str, repeats: int) -> dict[str, Any]:
         from nodes.diffusion.unet import UNet2DConditionModel
         from nodes.diffusion.vae import AutoencoderKL
 
-        ours_cls = UNet2DConditionModel if task == "unet" else AutoencoderKL
+        ours_cls = AutoencoderKL if task == "vae" else UNet2DConditionModel
         t0 = time.perf_counter()
         model = load_model_folder(Path(folder), ours_cls, torch.float32, "cpu")
     else:
         import diffusers
 
-        ref_cls = diffusers.UNet2DConditionModel if task == "unet" else diffusers.AutoencoderKL
+        ref_cls = diffusers.AutoencoderKL if task == "vae" else diffusers.UNet2DConditionModel
         t0 = time.perf_counter()
         model = ref_cls.from_pretrained(folder, torch_dtype=torch.float32).eval()
     load_s = time.perf_counter() - t0
 
     gen = torch.Generator().manual_seed(1)
-    if task == "unet":
+    if task in ("unet", "sdxl"):
         x = torch.randn(2, 4, 32, 32, generator=gen)
-        ctx = torch.randn(2, 77, 768, generator=gen)
+        ctx = torch.randn(2, 77, 768 if task == "unet" else 2048, generator=gen)
         t = torch.tensor([500, 500])
+        added = None
+        if task == "sdxl":
+            added = {"text_embeds": torch.randn(2, 1280, generator=gen),
+                     "time_ids": torch.tensor([[256.0, 256, 0, 0, 256, 256]] * 2)}
 
         def run() -> torch.Tensor:
-            out = model(x, t, ctx)
+            out = model(x, t, ctx, added_cond_kwargs=added)
             return out if impl == "ours" else out.sample
     else:
         z = torch.randn(1, 4, 32, 32, generator=gen)
@@ -139,6 +156,17 @@ def _save_models(root: Path) -> None:
         diffusers.AutoencoderKL(**SD_VAE).save_pretrained(str(root / "vae"))
 
 
+def _save_sdxl(root: Path) -> None:
+    import diffusers
+    import torch
+
+    if not (root / "sdxl" / "config.json").exists():
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DConditionModel(**SDXL_UNET).half()
+        unet.save_pretrained(str(root / "sdxl"))
+        del unet
+
+
 def _warm_page_cache(folder: Path) -> None:
     """Read the weight files once so neither loader pays for the cold disk alone."""
     for path in folder.glob("*.safetensors"):
@@ -154,7 +182,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (1 keeps figures stable on a shared machine)")
     parser.add_argument("--keep", type=Path, help="folder for the saved models (reused)")
-    parser.add_argument("--only", choices=["unet", "vae"], help="run one model only")
+    parser.add_argument("--only", choices=["unet", "vae", "sdxl"], help="run one model only")
     args = parser.parse_args()
     tmp = None
     root = args.keep
@@ -164,7 +192,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"saving random-weight models to {root} ...", flush=True)
     _save_models(root)
-    tasks = [args.only] if args.only else ["unet", "vae"]
+    tasks = [args.only] if args.only else ["unet", "vae", "sdxl"]
+    if "sdxl" in tasks:
+        _save_sdxl(root)
     for task in tasks:
         folder = root / task
         _warm_page_cache(folder)
@@ -176,8 +206,9 @@ def main() -> None:
                 runs[impl].append(_spawn(impl, task, folder, args.repeats, args.threads))
         mem = {impl: _spawn(impl, task, folder, 1, args.threads, memory=True)
                for impl in ("diffusers", "ours")}
-        name = "UNet (SD1.5 size, batch 2, 32x32 latents)" if task == "unet" else (
-            "VAE decode (SD VAE, 1 x 32x32 latent)")
+        name = {"unet": "UNet (SD1.5 size, batch 2, 32x32 latents)",
+                "vae": "VAE decode (SD VAE, 1 x 32x32 latent)",
+                "sdxl": "UNet (SDXL base size, batch 2, 32x32 latents)"}[task]
         ref_sum = runs["diffusers"][0]["checksum"]
         same = abs(runs["ours"][0]["checksum"] - ref_sum) <= 1e-4 * abs(ref_sum)
         print(f"\n{name}, CPU fp32, {args.threads} thread(s), outputs equal: {same}")

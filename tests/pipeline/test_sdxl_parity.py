@@ -183,3 +183,35 @@ def test_refiner_workflow_equals_base_then_refiner(tiny_sdxl: TinySDXL, sdxl_pip
                          num_inference_steps=steps, generator=_generators(1),
                          output_type="np").images
     assert float(np.abs(full - theirs).max()) > 3 * TOLERANCE
+
+
+def test_txt2img_and_compare_schedulers_run_unchanged(tiny_sdxl: TinySDXL, sdxl_pipeline,
+                                                      executor: Executor,
+                                                      tmp_path: Path) -> None:
+    """The default workflow and the scheduler comparison, only the source (and, for time,
+    the size and step counts) changed: each image is diffusers' for its scheduler."""
+    prompt, seed = "a red circle", 3
+    wf = shipped("txt2img.json", [f"1.source={tiny_sdxl.base.folder}", f"2.text={prompt}",
+                                  f"4.width={IMAGE_SIZE}", f"4.height={IMAGE_SIZE}",
+                                  f"4.seed={seed}", "5.steps=4"])
+    ours = run(executor, wf, tmp_path).outputs["6"]["IMAGE"].pixels.numpy()
+    theirs = sdxl_pipeline(prompt=prompt, negative_prompt="", height=IMAGE_SIZE,
+                           width=IMAGE_SIZE, num_inference_steps=4, guidance_scale=7.5,
+                           generator=_generators(1, seed), output_type="np").images
+    assert _max_diff(ours, theirs) <= TOLERANCE
+
+    swaps = {"10": "PNDMScheduler", "11": "DDIMScheduler", "12": "LMSDiscreteScheduler",
+             "13": "EulerDiscreteScheduler", "14": "EulerAncestralDiscreteScheduler",
+             "15": "DPMSolverMultistepScheduler"}
+    steps = 3
+    wf = shipped("compare_schedulers.json", [
+        f"1.source={tiny_sdxl.base.folder}", f"4.width={IMAGE_SIZE}",
+        f"4.height={IMAGE_SIZE}", *(f"{20 + i}.steps={steps}" for i in range(6))])
+    result = run(executor, wf, tmp_path)
+    for i, (_, scheduler) in enumerate(swaps.items()):
+        ours = result.outputs[str(30 + i)]["IMAGE"].pixels.numpy()
+        theirs = _with_scheduler(sdxl_pipeline, scheduler, lambda pipe: pipe(
+            prompt="a green triangle", negative_prompt="", height=IMAGE_SIZE,
+            width=IMAGE_SIZE, num_inference_steps=steps, guidance_scale=7.5,
+            generator=_generators(1, 8), output_type="np").images)
+        assert _max_diff(ours, theirs) <= TOLERANCE, scheduler
