@@ -36,16 +36,13 @@ def pixel_size(latents: Latent) -> tuple[int, int]:
     return int(h) * DEFAULT_VAE_FACTOR, int(w) * DEFAULT_VAE_FACTOR
 
 
-def time_id_count(config: Mapping[str, Any], pooled_dim: int) -> int:
+def time_id_count(config: Mapping[str, Any], pooled_dim: int) -> int | None:
     """How many micro-conditioning numbers the UNet was trained with: 6 for SDXL base
-    (sizes and crop), 5 for the refiner (aesthetic score instead of the target size)."""
+    (sizes and crop), 5 for the refiner (aesthetic score instead of the target size); None
+    when pooled embeddings of this width do not fit its added embedding."""
     extra = int(config["projection_class_embeddings_input_dim"]) - pooled_dim
-    per_id = int(config["addition_time_embed_dim"])
-    count, rest = divmod(extra, per_id)
-    if rest or count not in (5, 6):
-        raise ValueError(f"Denoise: pooled embeddings of width {pooled_dim} do not fit this "
-                         "UNet's added embedding; encode the prompt with the same pipeline")
-    return count
+    count, rest = divmod(extra, int(config["addition_time_embed_dim"]))
+    return count if not rest and count in (5, 6) else None
 
 
 def time_ids(options: Mapping[str, Any], size: tuple[int, int], count: int,
@@ -83,6 +80,10 @@ def added_conditions(config: Mapping[str, Any], positive: Conditioning,
     as `guidance_context` lays out the text embeddings."""
     pooled = _pooled(positive, "positive")
     count = time_id_count(config, int(pooled.shape[-1]))
+    if count is None:
+        raise ValueError(f"Denoise: pooled embeddings of width {pooled.shape[-1]} do not fit "
+                         "this UNet's added embedding; encode the prompt with the same "
+                         "pipeline")
     text = expand(pooled, batch, "the positive pooled embedding")
     ids = torch.tensor([time_ids(positive.options, size, count, "aesthetic_score",
                                  AESTHETIC_SCORE)]).repeat(batch, 1)

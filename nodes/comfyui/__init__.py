@@ -15,6 +15,7 @@ KSampler's conditionings after its settings), the node function takes it keyword
 
 from nodes.comfyui import (  # noqa: F401, I001  (registers the nodes)
     conditioning,
+    conditioning_sdxl,
     custom_sampling,
     image,
     latent,

@@ -1,17 +1,26 @@
-"""Text to conditioning the way ComfyUI's CLIPTextEncode does it for CLIP-L (SD 1.x).
+"""Text to conditioning the way ComfyUI's CLIP encoders do it: SD 1.x's CLIP-L, SDXL's
+CLIP-L + OpenCLIP-G, and the SDXL refiner's OpenCLIP-G.
 
 Why not our own Tokenize/EncodeText: ComfyUI never truncates a prompt. It tokenizes word by
-word, fills 77-token windows (start token, up to 75 tokens, end token, padded with the end
-token), starts a new window when a word would not fit (a word of 8 tokens or more is split
-across windows instead), encodes every window and concatenates them along the sequence, so a
-long prompt gives `[1, 77 * n, D]`. Weighted tokens are pulled away from the empty prompt's
-encoding: `empty + (z - empty) * weight`. Clip skip reads an earlier layer's hidden state
-and passes it through the final layer norm, as ComfyUI does for SD 1.x.
+word, fills 77-token windows (start token, up to 75 tokens, end token, then padding), starts
+a new window when a word would not fit (a word of 8 tokens or more is split across windows
+instead), encodes every window and concatenates them along the sequence, so a long prompt
+gives `[1, 77 * n, D]`. Weighted tokens are pulled away from the empty prompt's encoding:
+`empty + (z - empty) * weight`.
+
+Each encoder is read at its own layer (`Reader`): SD 1.x at the last layer, or with clip skip
+an earlier layer's state passed through the final layer norm; SDXL's two encoders at their
+penultimate layer without the norm (clip skip moves both). A requested layer deeper than an
+encoder has means its last layer. SDXL concatenates L's and G's states along the features
+and takes G's projected pooled output; OpenCLIP-G's windows pad with token 0, not with the
+end token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,6 +30,12 @@ from nodes.comfyui.types import Clip
 WINDOW = 77
 # Words of this many tokens or more may be split across windows.
 LONG_WORD = 8
+# OpenCLIP-G's tokenizer pads with token 0 ("!"); OpenAI's CLIP pads with its end token.
+G_PAD = 0
+# SDXL reads both encoders at the penultimate layer.
+SDXL_LAYER = -2
+
+Tokens = Mapping[str, list["Window"]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,21 @@ class Window:
     weights: tuple[float, ...]
 
 
+@dataclass(frozen=True, eq=False)
+class Reader:
+    """How one text encoder of a CLIP is read: its tokenizer and padding token (None: the
+    end token), the hidden state to take (None: the last layer, normalized), whether an
+    earlier layer's state gets the final layer norm, and whether the pooled output is the
+    projected one."""
+
+    tokenizer: Any
+    model: torch.nn.Module
+    pad: int | None
+    layer: int | None
+    norm_hidden: bool
+    projected: bool
+
+
 def _special_ids(tokenizer: object) -> tuple[int, int]:
     start = getattr(tokenizer, "bos_token_id", None)
     end = getattr(tokenizer, "eos_token_id", None)
@@ -39,9 +69,11 @@ def _special_ids(tokenizer: object) -> tuple[int, int]:
     return int(start), int(end)
 
 
-def tokenize(tokenizer: object, text: str) -> list[Window]:
-    """The prompt in 77-token windows (see the module docstring)."""
+def tokenize(tokenizer: object, text: str, pad: int | None = None) -> list[Window]:
+    """The prompt in 77-token windows (see the module docstring), padded with `pad`
+    (the end token when None)."""
     start, end = _special_ids(tokenizer)
+    fill = end if pad is None else pad
     words: list[list[tuple[int, float]]] = []
     for word, weight in prompt_words(text):
         ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))  # type: ignore[attr-defined]
@@ -62,41 +94,68 @@ def tokenize(tokenizer: object, text: str) -> list[Window]:
                 current.append((end, 1.0))
             else:
                 current.append((end, 1.0))
-                current.extend([(end, 1.0)] * free)
+                current.extend([(fill, 1.0)] * free)
             current = [(start, 1.0)]
             windows.append(current)
     current.append((end, 1.0))
-    current.extend([(end, 1.0)] * (WINDOW - len(current)))
+    current.extend([(fill, 1.0)] * (WINDOW - len(current)))
     return [Window(tuple(t for t, _ in w), tuple(x for _, x in w)) for w in windows]
 
 
-def _hidden(clip: Clip, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token states of the chosen layer (final layer norm applied) and the pooled
-    output (the last layer's state at the first end token), both float32."""
-    model = clip.text_encoder
+def _layer(requested: int | None, default: int | None, model: torch.nn.Module) -> int | None:
+    """The hidden state index to read, or None for the last layer (normalized)."""
+    layer = default if requested is None else requested
+    if layer is None or abs(layer) > int(model.config.num_hidden_layers):
+        return None  # more layers skipped than the model has: ComfyUI uses the last
+    return layer
+
+
+def readers(clip: Clip) -> dict[str, Reader]:
+    """The encoders of a CLIP by ComfyUI's names: "l" (CLIP-L), "g" (OpenCLIP-G)."""
+    out: dict[str, Reader] = {}
+    if not clip.sdxl:
+        if clip.text_encoder is None:
+            raise ValueError("this CLIP has no text encoder")
+        out["l"] = Reader(clip.tokenizer, clip.text_encoder, None,
+                          _layer(clip.layer, None, clip.text_encoder), True, False)
+        return out
+    if clip.text_encoder is not None:
+        out["l"] = Reader(clip.tokenizer, clip.text_encoder, None,
+                          _layer(clip.layer, SDXL_LAYER, clip.text_encoder), False, False)
+    assert clip.text_encoder_2 is not None
+    out["g"] = Reader(clip.tokenizer_2, clip.text_encoder_2, G_PAD,
+                      _layer(clip.layer, SDXL_LAYER, clip.text_encoder_2), False, True)
+    return out
+
+
+def _hidden(reader: Reader, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token states of the reader's layer and the pooled output (always from the last
+    layer, at the first end token), both float32."""
+    model = reader.model
     device = next(model.parameters()).device
-    layer = clip.layer
-    if layer is not None and abs(layer) > int(model.config.num_hidden_layers):
-        layer = None  # more layers skipped than the model has: ComfyUI uses the last
     with torch.no_grad():
-        out = model(ids.to(device), output_hidden_states=layer is not None)
-        if layer is None:
+        out = model(ids.to(device), output_hidden_states=reader.layer is not None)
+        if reader.layer is None:
             states = out.last_hidden_state
         else:
-            inner = getattr(model, "text_model", model)
-            states = inner.final_layer_norm(out.hidden_states[layer])
-    return states.float(), out.pooler_output.float()
+            states = out.hidden_states[reader.layer]
+            if reader.norm_hidden:
+                inner = getattr(model, "text_model", model)
+                states = inner.final_layer_norm(states)
+    pooled = out.text_embeds if reader.projected else out.pooler_output
+    return states.float(), pooled.float()
 
 
-def encode(clip: Clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(embeds [1, 77 * windows, D], pooled [1, D])` for a prompt."""
-    windows = tokenize(clip.tokenizer, text)
+def encode_windows(reader: Reader, windows: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(embeds [1, 77 * windows, D], pooled [1, P])` of one encoder: every window in one
+    batch (plus the empty prompt when some token is weighted); pooled of the first."""
     weighted = any(w != 1.0 for win in windows for w in win.weights)
     rows = [list(win.ids) for win in windows]
     if weighted:
-        start, end = _special_ids(clip.tokenizer)
-        rows.append([start] + [end] * (WINDOW - 1))
-    states, pooled = _hidden(clip, torch.tensor(rows, dtype=torch.long))
+        start, end = _special_ids(reader.tokenizer)
+        fill = end if reader.pad is None else reader.pad
+        rows.append([start, end] + [fill] * (WINDOW - 2))
+    states, pooled = _hidden(reader, torch.tensor(rows, dtype=torch.long))
     parts = []
     for k, win in enumerate(windows):
         z = states[k]
@@ -106,3 +165,46 @@ def encode(clip: Clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
             z = torch.where(weights != 1.0, (z - empty) * weights + empty, z)
         parts.append(z)
     return torch.cat(parts)[None], pooled[:1]
+
+
+def tokenize_all(clip: Clip, text: str) -> dict[str, list[Window]]:
+    """The prompt's windows for each encoder of the CLIP."""
+    return {name: tokenize(r.tokenizer, text, r.pad) for name, r in readers(clip).items()}
+
+
+def encode_tokens(clip: Clip, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(embeds, pooled)` from each encoder's windows. SDXL: L's and G's states side by
+    side (cut to the shorter), G's pooled output."""
+    found = readers(clip)
+    if "g" not in found:
+        return encode_windows(found["l"], tokens["l"])
+    g_states, g_pooled = encode_windows(found["g"], tokens["g"])
+    if "l" not in found:
+        return g_states, g_pooled
+    l_states, _ = encode_windows(found["l"], tokens["l"])
+    cut = min(l_states.shape[1], g_states.shape[1])
+    return torch.cat([l_states[:, :cut], g_states[:, :cut]], dim=-1), g_pooled
+
+
+def encode(clip: Clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(embeds [1, 77 * windows, D], pooled [1, P])` for a prompt."""
+    return encode_tokens(clip, tokenize_all(clip, text))
+
+
+def sdxl_tokens(clip: Clip, text_g: str, text_l: str) -> dict[str, list[Window]]:
+    """CLIPTextEncodeSDXL's windows: G reads `text_g`, L reads `text_l`, and the side with
+    fewer windows gets empty-prompt windows until both have as many. (The refiner reads
+    only G, but `text_l`'s window count still pads G, as in ComfyUI.)"""
+    found = readers(clip)
+    if "g" not in found:
+        raise ValueError("this is not an SDXL CLIP (it has no OpenCLIP-G encoder); use "
+                         "CLIPTextEncode")
+    g_reader = found["g"]
+    l_tokenizer = found["l"].tokenizer if "l" in found else g_reader.tokenizer
+    g = tokenize(g_reader.tokenizer, text_g, G_PAD)
+    lw = tokenize(l_tokenizer, text_l)
+    while len(lw) < len(g):
+        lw += tokenize(l_tokenizer, "")
+    while len(g) < len(lw):
+        g += tokenize(g_reader.tokenizer, "", G_PAD)
+    return {"g": g, "l": lw} if "l" in found else {"g": g}

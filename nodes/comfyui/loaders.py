@@ -62,21 +62,31 @@ def checkpoint_loader_simple(
                                      tooltip="a checkpoint in the checkpoints folders")]
     = "noodle-tiny",
 ) -> Checkpoint:
-    """Load a Stable Diffusion checkpoint (single file or diffusers folder) as the model,
-    its text encoder and its VAE."""
+    """Load a Stable Diffusion checkpoint (single file or diffusers folder; SD 1.x, 2.x,
+    SDXL base or refiner) as the model, its text encoders and its VAE."""
     run_folders = folders()
     path = model_paths.find_model("checkpoints", ckpt_name, run_folders)
     comp = checkpoints.load_components(path, models_dir=run_folders.models)
-    if comp.text_encoder is None or comp.vae is None or comp.scheduler_config is None:
+    has_text = comp.text_encoder is not None or comp.text_encoder_2 is not None
+    if not has_text or comp.vae is None or comp.scheduler_config is None:
         raise ValueError(f"CheckpointLoaderSimple: input 'ckpt_name': {ckpt_name!r} is not a "
                          "text-to-image checkpoint (it has no text encoder, VAE or "
                          "scheduler config); load it with LoadPipeline")
     sampling = DiscreteSampling.from_config(comp.scheduler_config)
     return Checkpoint(
         MODEL=Model(UNet(comp.unet, ckpt_name), sampling, {}, ckpt_name),
-        CLIP=Clip(comp.tokenizer, comp.text_encoder, None, {}, ckpt_name),
+        CLIP=_clip(comp, ckpt_name),
         VAE=VAE(comp.vae, ckpt_name),
     )
+
+
+def _clip(comp: checkpoints.Components, name: str) -> Clip:
+    """The checkpoint's text encoders as one CLIP (SDXL: both, the refiner: only its
+    second, OpenCLIP-G)."""
+    if comp.text_encoder_2 is None:
+        return Clip(comp.tokenizer, comp.text_encoder, None, {}, name)
+    return Clip(comp.tokenizer, comp.text_encoder, None, {}, name,
+                tokenizer_2=comp.tokenizer_2, text_encoder_2=comp.text_encoder_2)
 
 
 @node("VAELoader", category="ComfyUI/loaders", output="VAE", display_name="Load VAE",

@@ -46,13 +46,25 @@ class Model:
 @dataclass(frozen=True, eq=False)
 class Clip:
     """A CLIP tokenizer and text encoder. `layer` is ComfyUI's `stop_at_clip_layer`
-    (-1 the last layer, -2 the one before, ...), or None for the last layer."""
+    (-1 the last layer, -2 the one before, ...), or None for the model's default layer.
 
-    tokenizer: Any
-    text_encoder: torch.nn.Module
+    SDXL's CLIP is two of them: CLIP-L (`tokenizer`, `text_encoder`) and OpenCLIP-G with
+    its pooled projection (`tokenizer_2`, `text_encoder_2`); the SDXL refiner has only the
+    second, so its first pair is None.
+    """
+
+    tokenizer: Any | None
+    text_encoder: torch.nn.Module | None
     layer: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    tokenizer_2: Any | None = None
+    text_encoder_2: torch.nn.Module | None = None
+
+    @property
+    def sdxl(self) -> bool:
+        """Whether this is SDXL's CLIP (base or refiner): encoded the SDXL way."""
+        return self.text_encoder_2 is not None
 
     def with_layer(self, layer: int | None) -> Clip:
         return replace(self, layer=layer)

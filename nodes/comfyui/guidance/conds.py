@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from nodes.comfyui.guidance.adm import Added
 from nodes.diffusion.ksampling import DiscreteSampling
 from nodes.types import CondPart
 
@@ -38,6 +39,7 @@ class Entry:
     mask_strength: float = 1.0
     sigma_start: float | None = None  # applies while sigma <= sigma_start
     sigma_end: float | None = None  # ... and sigma >= sigma_end
+    added: Added | None = None  # SDXL's pooled embedding and micro-conditioning
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +117,8 @@ def _inside(inner: Area, outer: Area) -> bool:
 def _add_same_area(entries: list[Entry], model: Entry) -> None:
     """Give `entries` an entry over `model`'s area, when none has that exact area. Its
     embeddings are those of the smallest entry covering the area (or of an area-less one),
-    so where one side of the guidance is confined to an area the other side is too."""
+    so where one side of the guidance is confined to an area the other side is too (with
+    its SDXL inputs, as ComfyUI copies that entry's model conditioning)."""
     if model.area is None:
         return
     smallest: Entry | None = None
@@ -129,7 +132,7 @@ def _add_same_area(entries: list[Entry], model: Entry) -> None:
             smallest = other
     if smallest is None or smallest.area == model.area:
         return
-    entries.append(replace(model, embeds=smallest.embeds))
+    entries.append(replace(model, embeds=smallest.embeds, added=smallest.added))
 
 
 def mirror_areas(positive: list[Entry], negative: list[Entry] | None) -> None:

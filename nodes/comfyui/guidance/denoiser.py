@@ -6,19 +6,23 @@ sits ComfyUI's guidance: every applicable conditioning entry of both sides predi
 area; entries whose inputs have one shape run as one batched UNet call (the negative side
 first, so plain cond + uncond is one call, as in ComfyUI); each side is the weighted average
 of its entries; classifier-free guidance combines the two estimates, and at cfg 1 the
-negative side is not evaluated at all.
+negative side is not evaluated at all. An SDXL UNet also gets each entry's pooled embedding
+and micro-conditioning (`adm`), batched in the same order as the text embeddings.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
+from nodes.comfyui.guidance.adm import added_inputs, needs_added
 from nodes.comfyui.guidance.conds import Applied, Entry, apply, mirror_areas, resolve
 from nodes.comfyui.types import Guider
 from nodes.diffusion.ksampling import cfg_combine, needs_uncond
+from nodes.types import Conditioning
 
 # Batched entries may differ in context length if one is a small multiple of the other:
 # the shorter one is repeated (attention over repeated keys is unchanged).
@@ -41,14 +45,28 @@ def _batchable(a: Applied, b: Applied) -> bool:
     return math.lcm(la, lb) // min(la, lb) <= MAX_CONTEXT_REPEAT
 
 
-def _to_batch(embeds: Tensor, batch: int) -> Tensor:
-    """Embeddings repeated (or cut) to the batch size of x."""
-    n = embeds.shape[0]
+def _to_batch(values: Tensor, batch: int) -> Tensor:
+    """Per-item values (embeddings, pooled embeddings) repeated (or cut) to the batch size
+    of x."""
+    n = values.shape[0]
     if n > batch:
-        return embeds[:batch]
+        return values[:batch]
     if n < batch:
-        return embeds.repeat(math.ceil(batch / n), 1, 1)[:batch]
-    return embeds
+        return values.repeat(math.ceil(batch / n), *(1,) * (values.ndim - 1))[:batch]
+    return values
+
+
+def _added(chosen: list[tuple[int, Applied]], batch: int) -> dict[str, Tensor] | None:
+    """SDXL's added inputs of a batched call, entry by entry like the contexts."""
+    if chosen[0][1].entry.added is None:
+        return None
+    text, ids = [], []
+    for _, a in chosen:
+        added = a.entry.added
+        assert added is not None
+        text.append(_to_batch(added.text_embeds, batch))
+        ids.append(added.time_ids.repeat(batch, 1))
+    return {"text_embeds": torch.cat(text), "time_ids": torch.cat(ids)}
 
 
 class GuidedDenoiser:
@@ -60,21 +78,35 @@ class GuidedDenoiser:
         self.model = model
         self.model_sampling = model.sampling
         self.cfg = float(guider.cfg)
-        height, width = int(latent_shape[-2]), int(latent_shape[-1])
-        self.positive = resolve(guider.positive.parts, model.sampling, height, width, device)
+        size = (int(latent_shape[-2]), int(latent_shape[-1]))
+        self.positive = self._entries(guider.positive, "positive", size, device)
         self.negative: list[Entry] | None = None
         if guider.negative is not None:
-            self.negative = resolve(guider.negative.parts, model.sampling, height, width,
-                                    device)
+            self.negative = self._entries(guider.negative, "negative", size, device)
         mirror_areas(self.positive, self.negative)
 
-    def predict(self, x: Tensor, sigma: Tensor, contexts: Tensor) -> Tensor:
-        """The UNet's clean-sample estimate for x at per-item noise levels sigma."""
+    def _entries(self, conditioning: Conditioning, side: str, size: tuple[int, int],
+                 device: torch.device) -> list[Entry]:
+        """One side's entries; for SDXL with their pooled embeddings and micro-conditioning
+        (their defaults depend on the side and the latent's size)."""
+        parts = conditioning.parts
+        entries = resolve(parts, self.model_sampling, size[0], size[1], device)
+        net = self.model.unet.model
+        if not needs_added(net):
+            return entries
+        return [replace(entry, added=added_inputs(part.options, net, side, *size, device))
+                for part, entry in zip(parts, entries, strict=True)]
+
+    def predict(self, x: Tensor, sigma: Tensor, contexts: Tensor,
+                added: dict[str, Tensor] | None = None) -> Tensor:
+        """The UNet's clean-sample estimate for x at per-item noise levels sigma (`added`:
+        SDXL's pooled embeddings and micro-conditioning, one row per item)."""
         ms = self.model_sampling
         net = self.model.unet.prepared()
         x_in = ms.calculate_input(sigma, x)
         t = ms.timestep(sigma).float()
-        out = net(x_in.to(net.dtype), t, encoder_hidden_states=contexts.to(net.dtype))
+        extra = {} if added is None else {"added_cond_kwargs": added}
+        out = net(x_in.to(net.dtype), t, encoder_hidden_states=contexts.to(net.dtype), **extra)
         return ms.calculate_denoised(sigma, out.float(), x)
 
     def _run(self, jobs: list[tuple[int, Applied]], sigma: Tensor,
@@ -92,7 +124,8 @@ class GuidedDenoiser:
                 embeds = _to_batch(a.entry.embeds, batch)
                 contexts.append(embeds.repeat(1, length // embeds.shape[1], 1))
             x = torch.cat([a.x for _, a in chosen])
-            outputs = self.predict(x, sigma.repeat(len(chosen)), torch.cat(contexts))
+            outputs = self.predict(x, sigma.repeat(len(chosen)), torch.cat(contexts),
+                                   _added(chosen, batch))
             for (side, a), out in zip(chosen, outputs.chunk(len(chosen)), strict=True):
                 total, weight = sums[side], weights[side]
                 if a.area is not None:
