@@ -68,7 +68,9 @@ def model_choices(folders: Folders) -> list[str]:
 
 def _files_of(path: Path) -> list[Path]:
     if path.is_file():
-        return [path]
+        # A .yaml beside a single file says what the model predicts (v-prediction).
+        config = path.with_suffix(".yaml")
+        return [path, config] if config.is_file() else [path]
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
@@ -85,7 +87,7 @@ def files_fingerprint(root: Path) -> str:
     parts = [str(root.resolve())]
     for f in _files_of(root):
         st = f.stat()
-        parts.append(f"{f.relative_to(root) if f != root else f.name}:{st.st_size}:"
+        parts.append(f"{f.relative_to(root) if root.is_dir() else f.name}:{st.st_size}:"
                      f"{st.st_mtime_ns}")
     return "|".join(parts)
 
@@ -163,7 +165,11 @@ Device = Annotated[str, Choice(DEVICES)]
 @node("LoadPipeline", category="loaders", fingerprint=source_fingerprint,
       absent_outputs=absent_components, display_name="Load Pipeline")
 def load_pipeline(source: Source = DEFAULT_MODEL, dtype: Dtype = "auto",
-                  device: Device = "auto") -> Pipeline:
+                  device: Device = "auto",
+                  prediction_type: Annotated[str, Choice(checkpoints.PREDICTION_TYPES, tooltip=(
+                      "what the model predicts; auto: a .yaml beside a single file "
+                      "(parameterization: v), else the model's own setting"))] = "auto",
+                  ) -> Pipeline:
     """Load every component of a diffusion pipeline from one source.
 
     An unconditional (DDPM) repository gives only `unet` and `scheduler`; linking one of
@@ -172,7 +178,7 @@ def load_pipeline(source: Source = DEFAULT_MODEL, dtype: Dtype = "auto",
     run_folders = folders()
     models = run_folders.models
     comp = checkpoints.load_components(resolve(source, run_folders), dtype=dtype, device=device,
-                                       models_dir=models)
+                                       models_dir=models, prediction_type=prediction_type)
     cfg = comp.scheduler_config
     return Pipeline(
         tokenizer=_tokenizer(comp, source),

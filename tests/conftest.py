@@ -13,6 +13,7 @@ from tests.support.tiny_models import (
     build_tiny_ddpm,
     build_tiny_sd,
     build_tiny_sd1,
+    build_tiny_sd2,
     build_tiny_sdxl,
 )
 
@@ -27,6 +28,12 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """The Stable Diffusion pipeline with SD1.x conventions (exports to a single file)."""
     return build_tiny_sd1(tmp_path_factory.mktemp("models") / "tiny-sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """The Stable Diffusion pipeline with SD 2.x conventions (exports to a single file)."""
+    return build_tiny_sd2(tmp_path_factory.mktemp("models") / "tiny-sd2")
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,16 @@ from .clip import load_text_encoder, load_tokenizer
 from .devices import pick_device, pick_dtype
 from .hub import ModelNotFoundError, looks_like_repo_id, snapshot
 from .ldm_convert import infer_vae_config_diffusers
-from .single_file import SD1_SCHEDULER, VAE_PREFIX, load_single_file, split_prefix, vae_from_ldm
+from .model_family import Family, detect_family
+from .prediction_type import PREDICTION_TYPES as PREDICTION_TYPES  # the loader's choices
+from .prediction_type import check_prediction_type, resolve_prediction_type
+from .single_file import (
+    VAE_PREFIX,
+    load_single_file,
+    single_file_scheduler_config,
+    split_prefix,
+    vae_from_ldm,
+)
 from .storage import WeightsError, build_from_state, find_weights, read_weights
 from .unet import UNet2DConditionModel
 from .unet2d import UNet2DModel
@@ -207,17 +216,40 @@ def load_components(
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "auto",
     models_dir: str | Path | None = None,
+    prediction_type: str = "auto",
 ) -> Components:
-    """Load every component of a pipeline from any kind of source, ready for inference."""
+    """Load every component of a pipeline from any kind of source, ready for inference.
+
+    ``prediction_type`` (``auto``, ``epsilon`` or ``v_prediction``) sets what the model
+    predicts where the weights cannot say: ``auto`` keeps a folder's scheduler config and,
+    for a single file, reads a YAML beside it or takes the family's default
+    (``nodes.diffusion.prediction_type``).
+    """
+    check_prediction_type(prediction_type)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     path = resolve_source(source, models_dir)
     if path.is_file():
         parts = load_single_file(path, torch_dtype, dev,
-                                 vae_dtype=_vae_dtype(dtype, torch_dtype, {}))
+                                 vae_dtype=_vae_dtype(dtype, torch_dtype, {}),
+                                 prediction_type=prediction_type)
         return Components(parts.tokenizer, parts.text_encoder, parts.unet, parts.vae,
-                          parts.scheduler_config, str(source), "sd")
-    return _load_folder(path, dtype, dev, torch_dtype, str(source))
+                          parts.scheduler_config, str(source), "sd", parts.tokenizer_2,
+                          parts.text_encoder_2, parts.flags)
+    components = _load_folder(path, dtype, dev, torch_dtype, str(source))
+    if components.scheduler_config is not None:
+        components.scheduler_config = resolve_prediction_type(prediction_type,
+                                                               components.scheduler_config)
+    return components
+
+
+def _checkpoint_family(state: dict[str, torch.Tensor]) -> Family:
+    """The family of a whole checkpoint (it sets the VAE's latent scale: SDXL's differs);
+    SD 1.x's for a VAE stored alone under the checkpoint prefix."""
+    try:
+        return detect_family(state)
+    except WeightsError:
+        return "sd1"
 
 
 def load_vae(
@@ -239,11 +271,13 @@ def load_vae(
             config = infer_vae_config_diffusers(state)
             return build_from_state(lambda: AutoencoderKL(config), state,
                                     _vae_dtype(dtype, torch_dtype, {}), dev, f"VAE {path.name}")
+        family: Family = "sd1"
         if any(k.startswith(VAE_PREFIX) for k in state):
+            family = _checkpoint_family(state)
             state = {f"{VAE_PREFIX}{k}": v for k, v in split_prefix(state, VAE_PREFIX).items()}
         else:
             state = {f"{VAE_PREFIX}{k}": v for k, v in state.items()}
-        vae = vae_from_ldm(state, _vae_dtype(dtype, torch_dtype, {}), dev)
+        vae = vae_from_ldm(state, _vae_dtype(dtype, torch_dtype, {}), dev, family)
         if vae is None:
             raise WeightsError(f"{path}: contains no VAE weights")
         return vae
@@ -254,13 +288,20 @@ def load_vae(
     return load_model_folder(vae_dir, AutoencoderKL, _vae_dtype(dtype, torch_dtype, config), dev)
 
 
-def load_scheduler_config(source: str | Path, models_dir: str | Path | None = None) -> (
-        dict[str, Any]):
-    """The scheduler config a pipeline was trained with (SD1.x's for single files)."""
+def load_scheduler_config(source: str | Path, models_dir: str | Path | None = None,
+                          prediction_type: str = "auto") -> dict[str, Any]:
+    """The scheduler config a pipeline was trained with: a folder's, or for a single file its
+    family's (SD 1.x, 2.x or XL, read from the key names), with the prediction type chosen
+    as ``load_components`` chooses it."""
+    check_prediction_type(prediction_type)
     path = resolve_source(source, models_dir)
     if path.is_file():
-        return dict(SD1_SCHEDULER)
+        try:
+            family = detect_family(read_weights(path))
+        except WeightsError as exc:
+            raise WeightsError(f"{path.name}: {exc}") from exc
+        return single_file_scheduler_config(path, family, prediction_type)
     config = _scheduler_config(path)
     if config is None:
         raise WeightsError(f"{path}: no scheduler/scheduler_config.json")
-    return config
+    return resolve_prediction_type(prediction_type, config)

@@ -1,9 +1,11 @@
-"""Original (LDM / CompVis) checkpoint layout -> our diffusers-named modules.
+"""Original (LDM / CompVis and SGM) UNet and VAE layout -> our diffusers-named modules.
 
-Single-file Stable Diffusion checkpoints store the UNet under ``model.diffusion_model.``,
-the VAE under ``first_stage_model.`` and CLIP under ``cond_stage_model.transformer.``, with
-the original repository's module names. They carry no config, so the architecture is read
-off tensor shapes and the keys are renamed block by block.
+Single-file Stable Diffusion checkpoints (1.x, 2.x and XL alike) store the UNet under
+``model.diffusion_model.`` and the VAE under ``first_stage_model.``, with the original
+repositories' module names; SDXL's UNet adds ``label_emb`` (its pooled-text and
+micro-conditioning embedding). They carry no config, so the architecture is read off tensor
+shapes and the keys are renamed block by block. Text encoders are converted elsewhere
+(``openclip_convert``; OpenAI CLIP is already stored in transformers' layout).
 """
 
 from __future__ import annotations
@@ -40,14 +42,39 @@ def _has(state: Mapping[str, Any], prefix: str) -> bool:
     return any(k.startswith(prefix) for k in state)
 
 
-def infer_unet_config(u: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """A UNet2DConditionModel config matching an LDM UNet state dict.
+def _attention_depth(u: Mapping[str, torch.Tensor], block: str) -> int:
+    """Transformer blocks in one spatial transformer (``block`` = its key prefix), 0 if none."""
+    return len(_indices(u, f"{block}transformer_blocks."))
 
-    Head counts are not visible in shapes: SD1.x uses 8 heads everywhere, SD2.x (1024-wide
-    OpenCLIP context) uses 64-channel heads; that convention is applied here.
+
+def _transformer_depths(u: Mapping[str, torch.Tensor], levels: int, lpb: int
+                        ) -> int | tuple[int, ...]:
+    """diffusers' ``transformer_layers_per_block``: one depth per level (SDXL base: 1, 2, 10).
+
+    A level without attention gets 1 (as diffusers' SDXL configs say), except the last one:
+    diffusers' middle block takes its depth from there. Equal depths collapse to one int.
     """
-    if _has(u, "label_emb."):
-        raise WeightsError("class-conditioned (SDXL/unCLIP) UNets are not supported")
+    mid = _attention_depth(u, "middle_block.1.")
+    found = [_attention_depth(u, f"input_blocks.{1 + b * (lpb + 1)}.1.")
+             or _attention_depth(u, f"output_blocks.{(levels - 1 - b) * (lpb + 1)}.1.")
+             for b in range(levels)]
+    distinct = {d for d in found if d} | ({mid} if mid else set())
+    if len(distinct) <= 1:
+        return distinct.pop() if distinct else 1
+    depths = [d or 1 for d in found]
+    if mid and not found[-1]:
+        depths[-1] = mid
+    return tuple(depths)
+
+
+def infer_unet_config(u: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The part of a UNet2DConditionModel config that tensor shapes determine.
+
+    What shapes cannot tell (head counts, attention upcasting, the default sample size, the
+    width of SDXL's micro-conditioning embeddings) follows the model family's conventions
+    and is filled in by the caller. ``label_emb`` (SDXL's pooled-text + micro-conditioning
+    embedding) sets ``projection_class_embeddings_input_dim``.
+    """
     n_in = len(_indices(u, "input_blocks."))
     downs = [i for i in _indices(u, "input_blocks.") if f"input_blocks.{i}.0.op.weight" in u]
     levels = len(downs) + 1
@@ -65,14 +92,8 @@ def infer_unet_config(u: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     k_key = next((k for k in u if k.endswith("attn2.to_k.weight")), None)
     if k_key is None:
         raise WeightsError("the UNet has no cross-attention layers; not a Stable Diffusion UNet")
-    cross_dim = int(u[k_key].shape[1])
     proj = next(k for k in u if k.endswith("proj_in.weight"))
-    depth_prefix = proj.rsplit("proj_in.weight", 1)[0] + "transformer_blocks."
-    depth = len(_indices(u, depth_prefix))
-    sd2 = cross_dim == 1024
-    heads = [c // 64 for c in channels] if sd2 else 8
-    return {
-        "sample_size": 96 if sd2 else 64,
+    config: dict[str, Any] = {
         "in_channels": int(u["input_blocks.0.0.weight"].shape[1]),
         "out_channels": int(u["out.2.weight"].shape[0]),
         "down_block_types": tuple(down_types),
@@ -80,12 +101,16 @@ def infer_unet_config(u: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "mid_block_type": "UNetMidBlock2DCrossAttn" if _has(u, "middle_block.1.") else None,
         "block_out_channels": tuple(channels),
         "layers_per_block": lpb,
-        "cross_attention_dim": cross_dim,
-        "attention_head_dim": tuple(heads) if isinstance(heads, list) else heads,
+        "cross_attention_dim": int(u[k_key].shape[1]),
         "use_linear_projection": u[proj].ndim == 2,
-        "upcast_attention": sd2,
-        "transformer_layers_per_block": depth,
+        "transformer_layers_per_block": _transformer_depths(u, levels, lpb),
     }
+    if "label_emb.0.0.weight" in u:
+        config["addition_embed_type"] = "text_time"
+        config["projection_class_embeddings_input_dim"] = int(u["label_emb.0.0.weight"].shape[1])
+    elif _has(u, "label_emb."):
+        raise WeightsError("class-conditioned UNets (unCLIP, upscalers) are not supported")
+    return config
 
 
 def convert_unet(u: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> StateDict:
@@ -94,6 +119,7 @@ def convert_unet(u: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> St
     fixed = {
         "time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
         "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out.",
+        "label_emb.0.0.": "add_embedding.linear_1.", "label_emb.0.2.": "add_embedding.linear_2.",
     }
     out: StateDict = {}
     for key, value in u.items():

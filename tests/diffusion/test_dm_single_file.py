@@ -99,7 +99,8 @@ def test_vae_alone_in_either_layout(tiny_sd1: TinyModel, tmp_path: Path) -> None
 def test_single_file_rejects_non_sd(tmp_path: Path) -> None:
     path = tmp_path / "other.safetensors"
     save_file({"foo.weight": torch.zeros(2, 2)}, str(path))
-    with pytest.raises(WeightsError, match="not a Stable Diffusion 1.x checkpoint|no UNet"):
+    with pytest.raises(WeightsError, match=r"other\.safetensors: not a Stable Diffusion "
+                       r"checkpoint.*no Stable Diffusion UNet or text encoder"):
         load_components(str(path), device="cpu")
 
 

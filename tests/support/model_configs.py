@@ -163,3 +163,27 @@ SDXL_SCHEDULER: dict[str, Any] = {
     "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading",
     "trained_betas": None, "use_karras_sigmas": False, "clip_sample": False,
 }
+
+# ------------------------------------------------------------------ tiny SD2 (single file)
+# SD 2.x's conventions at toy width, so the model exports to a single file that converters
+# read with 2.x's rules: an OpenCLIP-H-like text encoder (exact GELU, 64-wide heads, read at
+# its last layer here = the checkpoint's penultimate), 64-channel attention heads (1 then 2,
+# where 8 heads would compute something else), linear projections, upcast attention and
+# v-prediction (stable-diffusion-2-1's scheduler).
+SD2_UNET: dict[str, Any] = dict(
+    block_out_channels=(64, 128), layers_per_block=1, sample_size=16,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+    attention_head_dim=(1, 2), use_linear_projection=True, upcast_attention=True,
+)
+SD2_VAE: dict[str, Any] = VAE_CONFIGS["sd_like"]
+SD2_TEXT: dict[str, Any] = dict(SD_TEXT, hidden_size=64, intermediate_size=128,
+                                num_attention_heads=1, num_hidden_layers=2, hidden_act="gelu",
+                                pad_token_id=0)
+# stable-diffusion-2-1's scheduler_config.json.
+SD2_SCHEDULER: dict[str, Any] = {
+    "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "clip_sample": False,
+    "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True,
+    "steps_offset": 1, "trained_betas": None,
+}

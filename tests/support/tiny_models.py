@@ -6,6 +6,8 @@ Kinds:
 - `build_tiny_sd`: 32 px Stable Diffusion for whole-graph runs against diffusers' pipelines.
 - `build_tiny_sd1`: Stable Diffusion with SD1.x conventions, exportable to a single file.
 - `build_tiny_ddpm`: an unconditional pixel-space DDPM (UNet2DModel).
+- `build_tiny_sd2`: Stable Diffusion with SD 2.x conventions (OpenCLIP-H-like encoder,
+  v-prediction), exportable to a single file.
 - `build_tiny_sdxl`: SDXL base (two text encoders, text_time UNet, SDXL's VAE settings) and,
   in a sibling folder, its refiner (second encoder only, aesthetic-score UNet).
 
@@ -24,6 +26,10 @@ from tests.support.model_configs import (
     DDPM_UNET,
     SD1_UNET,
     SD1_VAE,
+    SD2_SCHEDULER,
+    SD2_TEXT,
+    SD2_UNET,
+    SD2_VAE,
     SD15_SCHEDULER,
     SD_TEXT,
     SD_UNET,
@@ -104,6 +110,29 @@ def build_tiny_ddpm(folder: Path) -> TinyModel:
     unet = diffusers.UNet2DModel(**DDPM_UNET).eval()
     pipe = diffusers.DDPMPipeline(unet=unet,
                                   scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000))
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return TinyModel(folder, pipe)
+
+
+def build_tiny_sd2(folder: Path) -> TinyModel:
+    """The SD 2.x-convention pipeline (model_configs.SD2_*) in `folder`: DDIM with
+    v-prediction, and a tokenizer padding with "!" as OpenCLIP's does."""
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from nodes.diffusion.clip import SHIPPED_TOKENIZER
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**SD2_UNET).eval()
+    vae = diffusers.AutoencoderKL(**SD2_VAE).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD2_TEXT)).eval()
+    scheduler = diffusers.DDIMScheduler.from_config(SD2_SCHEDULER)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
+        tokenizer=CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER), pad_token="!"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return TinyModel(folder, pipe)
 
