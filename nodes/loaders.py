@@ -17,6 +17,7 @@ from typing import Annotated, Any, NamedTuple
 
 from graph_runtime import Bool, Choice, Folders, folders, node
 from nodes.diffusion import checkpoints
+from nodes.diffusion.prediction_type import yaml_beside
 from nodes.diffusion.schedulers import SCHEDULER_NAMES, SCHEDULERS
 from nodes.types import VAE, SchedulerSpec, TextEncoder, Tokenizer, UNet
 
@@ -69,8 +70,8 @@ def model_choices(folders: Folders) -> list[str]:
 def _files_of(path: Path) -> list[Path]:
     if path.is_file():
         # A .yaml beside a single file says what the model predicts (v-prediction).
-        config = path.with_suffix(".yaml")
-        return [path, config] if config.is_file() else [path]
+        config = yaml_beside(path)
+        return [path] if config is None else [path, config]
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
