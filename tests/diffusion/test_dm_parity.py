@@ -14,7 +14,15 @@ from nodes.diffusion.checkpoints import load_model_folder
 from nodes.diffusion.unet import UNet2DConditionModel
 from nodes.diffusion.unet2d import UNet2DModel
 from nodes.diffusion.vae import AutoencoderKL
-from tests.support.model_configs import UNET2D_CONFIGS, UNET_COND_CONFIGS, VAE_CONFIGS
+from tests.support.model_configs import (
+    SDXL_POOLED,
+    SDXL_REFINER_UNET,
+    SDXL_TIME_DIM,
+    SDXL_UNET,
+    UNET2D_CONFIGS,
+    UNET_COND_CONFIGS,
+    VAE_CONFIGS,
+)
 from tests.support.tiny_models import rel_err
 
 TOL = 1e-5
@@ -30,28 +38,55 @@ def _pair(kind: str, ours_cls: type, cfg: dict[str, Any], tmp_path: Path) -> tup
     return ref, load_model_folder(tmp_path / "model", ours_cls, None, "cpu")
 
 
-@pytest.mark.parametrize("name", sorted(UNET_COND_CONFIGS))
+# SDXL base and refiner: the text_time embedding of pooled text and micro-conditioning.
+COND_CONFIGS = {**UNET_COND_CONFIGS, "sdxl_base": SDXL_UNET, "sdxl_refiner": SDXL_REFINER_UNET}
+
+
+def _added(cfg: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor] | None:
+    """Pooled text embeddings and micro-conditioning numbers for an SDXL config."""
+    if cfg.get("addition_embed_type") != "text_time":
+        return None
+    n_ids = (cfg["projection_class_embeddings_input_dim"] - SDXL_POOLED) // SDXL_TIME_DIM
+    ids = torch.tensor([[1024.0, 768, 0, 64, 1024, 1024][:n_ids],
+                        [512.0, 512, 32, 0, 6.0, 512][:n_ids]])
+    return {"text_embeds": torch.randn(2, SDXL_POOLED, generator=gen), "time_ids": ids}
+
+
+@pytest.mark.parametrize("name", sorted(COND_CONFIGS))
 def test_unet_condition_matches_diffusers(name: str, tmp_path: Path) -> None:
-    cfg = UNET_COND_CONFIGS[name]
+    cfg = COND_CONFIGS[name]
     ref, ours = _pair("UNet2DConditionModel", UNet2DConditionModel, cfg, tmp_path)
     assert dict(ours.config)["block_out_channels"] == tuple(cfg["block_out_channels"])
     gen = torch.Generator().manual_seed(1)
     c_in = cfg.get("in_channels", 4)
+    added = _added(cfg, gen)
     # One size divisible by the UNet's downsampling factor and one that is not.
     for size in ((16, 16), (13, 11)):
         x = torch.randn(2, c_in, *size, generator=gen)
         ctx = torch.randn(2, 7, cfg["cross_attention_dim"], generator=gen)
         t = torch.tensor([3, 801])
         with torch.no_grad():
-            expected = ref(x, t, ctx).sample
-            got = ours(x, t, ctx)
+            expected = ref(x, t, ctx, added_cond_kwargs=added).sample
+            got = ours(x, t, ctx, added_cond_kwargs=added)
         assert got.shape == expected.shape
         assert rel_err(got, expected) < TOL
     with torch.no_grad():  # scalar timestep, sliced attention
         ours.set_attention_slice("max")
-        assert rel_err(ours(x, 500, ctx), ref(x, 500, ctx).sample) < TOL
+        assert rel_err(ours(x, 500, ctx, added), ref(x, 500, ctx, added_cond_kwargs=added)
+                       .sample) < TOL
         ours.set_attention_slice(3)
-        assert rel_err(ours(x, 500.0, ctx), ref(x, 500.0, ctx).sample) < TOL
+        assert rel_err(ours(x, 500.0, ctx, added), ref(x, 500.0, ctx, added_cond_kwargs=added)
+                       .sample) < TOL
+    if added is not None:  # the micro-conditioning reaches the output
+        other = {**added, "time_ids": added["time_ids"] + 64}
+        with torch.no_grad():
+            assert rel_err(ours(x, 500, ctx, other), ours(x, 500, ctx, added)) > 1e-4
+
+
+def test_sdxl_unet_without_added_conditions_is_a_clear_error() -> None:
+    model = UNet2DConditionModel(SDXL_UNET)
+    with pytest.raises(ValueError, match="added_cond_kwargs"):
+        model(torch.zeros(1, 4, 8, 8), 10, torch.zeros(1, 7, 128))
 
 
 @pytest.mark.parametrize("name", sorted(UNET2D_CONFIGS))
