@@ -1,7 +1,7 @@
 """Our models against diffusers': time, peak memory and load time, same weights, same run.
 
     python benchmarks/models.py [--repeats 3] [--rounds 2] [--threads 1] [--keep DIR]
-                                [--only unet|vae|sdxl]
+                                [--only unet|vae|sdxl] [--latent 32]
 
 An SD1.5-size UNet (random weights, sample_size=64, cross_attention_dim=768) runs on the CPU
 in fp32 at batch 2 on 32x32 latents; the SD VAE decodes one 32x32 latent; the SDXL base UNet
@@ -61,7 +61,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(impl: str, task: str, folder: str, repeats: int) -> dict[str, Any]:
+def worker(impl: str, task: str, folder: str, repeats: int, latent: int = 32) -> dict[str, Any]:
     """Load one model, run it, report load time, forward times, peak memory, a checksum.
 
     Imports happen before the load clock starts: only the loading itself is compared.
@@ -86,7 +86,7 @@ def worker(impl: str, task: str, folder: str, repeats: int) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(1)
     if task in ("unet", "sdxl"):
-        x = torch.randn(2, 4, 32, 32, generator=gen)
+        x = torch.randn(2, 4, latent, latent, generator=gen)
         ctx = torch.randn(2, 77, 768 if task == "unet" else 2048, generator=gen)
         t = torch.tensor([500, 500])
         added = None
@@ -98,7 +98,7 @@ def worker(impl: str, task: str, folder: str, repeats: int) -> dict[str, Any]:
             out = model(x, t, ctx, added_cond_kwargs=added)
             return out if impl == "ours" else out.sample
     else:
-        z = torch.randn(1, 4, 32, 32, generator=gen)
+        z = torch.randn(1, 4, latent, latent, generator=gen)
 
         def run() -> torch.Tensor:
             out = model.decode(z)
@@ -125,14 +125,15 @@ def worker(impl: str, task: str, folder: str, repeats: int) -> dict[str, Any]:
     }
 
 
-def _spawn(impl: str, task: str, folder: Path, repeats: int, threads: int,
+def _spawn(impl: str, task: str, folder: Path, repeats: int, threads: int, latent: int,
            memory: bool = False) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if memory:
         # Every large block is mapped and unmapped on its own, so peak RSS is the peak of
         # live tensors rather than of what the allocator happened to keep cached.
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    cmd = [sys.executable, __file__, "--worker", impl, task, str(folder), str(repeats)]
+    cmd = [sys.executable, __file__, "--worker", impl, task, str(folder), str(repeats),
+           str(latent)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{impl}/{task} failed:\n{proc.stderr[-3000:]}")
@@ -183,6 +184,8 @@ def main() -> None:
                         help="intra-op threads (1 keeps figures stable on a shared machine)")
     parser.add_argument("--keep", type=Path, help="folder for the saved models (reused)")
     parser.add_argument("--only", choices=["unet", "vae", "sdxl"], help="run one model only")
+    parser.add_argument("--latent", type=int, default=32,
+                        help="latent side (32: 256 px images; 64: 512 px; 128: SDXL's 1024)")
     args = parser.parse_args()
     tmp = None
     root = args.keep
@@ -205,12 +208,14 @@ def main() -> None:
             # Alternate who goes first so drifting background load hits both alike.
             order = ("diffusers", "ours") if r % 2 == 0 else ("ours", "diffusers")
             for impl in order:
-                runs[impl].append(_spawn(impl, task, folder, args.repeats, args.threads))
-        mem = {impl: _spawn(impl, task, folder, 1, args.threads, memory=True)
+                runs[impl].append(_spawn(impl, task, folder, args.repeats, args.threads,
+                                         args.latent))
+        mem = {impl: _spawn(impl, task, folder, 1, args.threads, args.latent, memory=True)
                for impl in ("diffusers", "ours")}
-        name = {"unet": "UNet (SD1.5 size, batch 2, 32x32 latents)",
-                "vae": "VAE decode (SD VAE, 1 x 32x32 latent)",
-                "sdxl": "UNet (SDXL base size, batch 2, 32x32 latents)"}[task]
+        size = f"{args.latent}x{args.latent}"
+        name = {"unet": f"UNet (SD1.5 size, batch 2, {size} latents)",
+                "vae": f"VAE decode (SD VAE, 1 x {size} latent)",
+                "sdxl": f"UNet (SDXL base size, batch 2, {size} latents)"}[task]
         ref_sum = runs["diffusers"][0]["checksum"]
         same = abs(runs["ours"][0]["checksum"] - ref_sum) <= 1e-4 * abs(ref_sum)
         print(f"\n{name}, CPU fp32, {args.threads} thread(s), outputs equal: {same}")
@@ -235,7 +240,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--save-sdxl":
         _save_sdxl(Path(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        _, _, impl_, task_, folder_, repeats_ = sys.argv
-        print(json.dumps(worker(impl_, task_, folder_, int(repeats_))))
+        _, _, impl_, task_, folder_, repeats_, latent_ = sys.argv
+        print(json.dumps(worker(impl_, task_, folder_, int(repeats_), int(latent_))))
     else:
         main()
