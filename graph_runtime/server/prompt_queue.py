@@ -5,8 +5,13 @@ cache is what makes the second run fast: every prompt, from every client, goes t
 same `Executor` and therefore the same cache. A prompt that fails (or raises something
 unexpected) is recorded in the history and the worker carries on with the next one.
 
-History lives in memory (newest last, bounded), like ComfyUI's; the files it points to stay
-in the output folder.
+Every accepted prompt is written to a `QueueStore` (SQLite; see `store`) before it is
+acknowledged, marked when it starts, and moved into the history when it ends, so after a
+crash (even kill -9) the pending prompts run again in order and the history, with the
+files it points to in the output folder, is still there. The prompt that was running is
+recorded as interrupted, or queued again when `requeue_interrupted` says so. The history
+entry is committed before the prompt's final event is published (ours and every
+listener's), so a client that reads the history on that event finds the entry.
 
 Other client protocols (ComfyUI's, in `comfy`) watch the same queue through
 `QueueListener`s rather than a queue of their own, so every prompt, whichever API sent it,
@@ -16,113 +21,69 @@ numbers count up, so that is submission order unless a client asks for a place.
 
 from __future__ import annotations
 
-import base64
 import bisect
-import io
 import itertools
 import logging
+import sqlite3
 import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from graph_runtime.context import file_ref
 from graph_runtime.executor import Executor, WorkflowInvalid
-from graph_runtime.workflow import Workflow
+from graph_runtime.server.messages import finished_message, translate
+from graph_runtime.server.queue_items import (
+    DuplicatePrompt,
+    HistoryRecord,
+    QueueItem,
+    QueueListener,
+    item_from,
+)
+from graph_runtime.server.store import MEMORY, QueueStore, WorkflowText
+from graph_runtime.workflow import Workflow, WorkflowFormatError
+
+__all__ = ["DuplicatePrompt", "HistoryRecord", "PromptQueue", "QueueItem", "QueueListener"]
 
 Publish = Callable[[dict[str, Any], "str | None"], None]
+Message = dict[str, Any]
 log = logging.getLogger("noodle.server")
-PREVIEW_MAX_SIDE = 256
-HISTORY_LIMIT = 200
-
-
-@dataclass
-class QueueItem:
-    """One submitted prompt. `meta` holds what the submitting protocol wants to keep with it
-    (ComfyUI's prompt and extra_data, its event log), opaque to the queue."""
-
-    prompt_id: str
-    number: float
-    workflow: Workflow
-    client_id: str | None
-    queued_at: float = field(default_factory=time.time)
-    interrupt: threading.Event = field(default_factory=threading.Event)
-    meta: dict[str, Any] = field(default_factory=dict)
-    seq: int = 0
-
-    def summary(self) -> dict[str, Any]:
-        return {"prompt_id": self.prompt_id, "number": self.number,
-                "client_id": self.client_id, "queued_at": self.queued_at,
-                "name": self.workflow.name}
-
-
-def encode_preview(image: Any) -> str | None:
-    """A PIL image as a small JPEG data URL, or None for anything else."""
-    if image is None or not hasattr(image, "save") or not hasattr(image, "size"):
-        return None
-    try:
-        img = image.convert("RGB")
-        if max(img.size) > PREVIEW_MAX_SIDE:
-            img = img.copy()
-            img.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=80)
-    except (OSError, ValueError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-class DuplicatePrompt(ValueError):
-    """A client-chosen prompt id that is already pending or running."""
-
-
-class QueueListener(Protocol):
-    """Another protocol's view of the queue. Called on the worker thread (and, for
-    `queue_changed`, on whichever thread changed the queue), in this order per prompt:
-    `run_event` for each executor event, then the history entry is written, then
-    `run_recorded`, `queue_changed` (the prompt has left the queue) and `run_done`."""
-
-    def queue_changed(self) -> None: ...
-
-    def run_event(self, item: QueueItem, event: dict[str, Any]) -> None: ...
-
-    def run_recorded(self, item: QueueItem, entry: dict[str, Any]) -> None: ...
-
-    def run_done(self, item: QueueItem, entry: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class HistoryRecord:
-    """A finished prompt: our history entry and the item it came from."""
-
-    entry: dict[str, Any]
-    item: QueueItem
+HISTORY_LIMIT = 10000  # as ComfyUI's; the oldest entries go first
+STOPPED_MESSAGE = ("the server stopped while this prompt was running; it was not run again "
+                   "(start the server with --requeue-interrupted to run such prompts again)")
 
 
 class PromptQueue:
-    """Pending prompts, the running one, the history, and the worker thread."""
+    """Pending prompts, the running one, the history, and the worker thread.
+
+    `state_db` is the SQLite file that keeps them across restarts (`":memory:"`: kept only
+    while the process lives). It is opened by `start` (or the first use), which also queues
+    again what an earlier process left unfinished, and closed by `stop`."""
 
     def __init__(self, executor: Executor, publish: Publish,
-                 history_limit: int = HISTORY_LIMIT) -> None:
+                 history_limit: int = HISTORY_LIMIT, *, state_db: Path | str = MEMORY,
+                 requeue_interrupted: bool = False) -> None:
         self.executor = executor
         self.publish = publish
         self.history_limit = history_limit
+        self.state_db = state_db
+        self.requeue_interrupted = requeue_interrupted
         self.listeners: list[QueueListener] = []
         self._pending: list[QueueItem] = []
         self._running: QueueItem | None = None
-        self._history: OrderedDict[str, HistoryRecord] = OrderedDict()
+        self._store: QueueStore | None = None
         self._numbers = itertools.count(1)
-        self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        """Open the store, queue again what it holds unfinished, start the worker."""
+        self._db()
         if self._thread is None:
             self._stop = False
             self._thread = threading.Thread(target=self._work, name="noodle-queue",
@@ -130,14 +91,64 @@ class PromptQueue:
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Interrupt the running prompt (recorded as interrupted), stop the worker and close
+        the store; pending prompts stay stored for the next start."""
         with self._cond:
             self._stop = True
             if self._running is not None:
                 self._running.interrupt.set()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
             self._thread = None
+        with self._cond:
+            if self._store is not None and (thread is None or not thread.is_alive()):
+                self._store.close()
+                self._store = None
+
+    def _db(self) -> QueueStore:
+        """The store, opened (and its unfinished prompts restored) on first use."""
+        with self._cond:
+            if self._store is None:
+                self._store = QueueStore(self.state_db, self.history_limit)
+                self._restore(self._store)
+            return self._store
+
+    def _restore(self, store: QueueStore) -> None:
+        """Queue again the prompts an earlier process left; the one it was running is
+        recorded as interrupted (or queued again, with `requeue_interrupted`)."""
+        self._numbers = itertools.count(int(store.max_number()) + 1)
+        for stored in store.unfinished():
+            try:
+                item = item_from(stored)
+            except WorkflowFormatError as exc:
+                item = item_from(stored, readable=False)
+                self._finish_unrun(store, item, "error", "WorkflowFormatError", str(exc))
+                continue
+            if stored.running and not self.requeue_interrupted:
+                self._finish_unrun(store, item, "interrupted", "ServerStopped",
+                                   STOPPED_MESSAGE)
+                continue
+            if stored.running:
+                store.set_running(item.prompt_id, False)
+            bisect.insort(self._pending, item, key=lambda i: (i.number, i.seq))
+        if self._pending:
+            log.info("queued again %d prompt(s) left unfinished", len(self._pending))
+
+    def _finish_unrun(self, store: QueueStore, item: QueueItem, status: str,
+                      exception_type: str, message: str) -> None:
+        """Record a restored prompt that will not run, telling listeners as for a run."""
+        error = {"node": None, "node_type": None, "exception_type": exception_type,
+                 "message": message, "traceback": ""}
+        kind = "interrupted" if status == "interrupted" else "error"
+        self._notify("run_event", item, {"type": kind, **error})
+        entry = self._entry(item, status)
+        entry["error"] = error
+        store.finish(item.stored(), entry)
+        log.warning("prompt %s: %s", item.prompt_id, message)
+        self._notify("run_recorded", item, entry)
+        self._notify("run_done", item, entry)
 
     # ------------------------------------------------------------------ requests
     def put(self, workflow: Workflow, client_id: str | None, *, prompt_id: str | None = None,
@@ -145,7 +156,10 @@ class PromptQueue:
             meta: dict[str, Any] | None = None) -> QueueItem:
         """Queue a validated workflow. `number` places it (lowest runs first); without one
         it gets the next number, negated when `front` asks to jump the queue. A chosen
-        `prompt_id` already pending or running raises `DuplicatePrompt`."""
+        `prompt_id` already pending or running raises `DuplicatePrompt`. The prompt is
+        stored before this returns, so an acknowledged prompt survives a crash."""
+        document = WorkflowText.of(workflow.to_dict())  # serialised outside the lock
+        store = self._db()
         with self._cond:
             if prompt_id is not None and self._find_live(prompt_id) is not None:
                 raise DuplicatePrompt(f"prompt {prompt_id!r} is already queued")
@@ -153,7 +167,9 @@ class PromptQueue:
                 count = next(self._numbers)
                 number = -count if front else count
             item = QueueItem(prompt_id or uuid.uuid4().hex, number, workflow, client_id,
-                             meta=meta if meta is not None else {}, seq=next(self._seq))
+                             meta=meta if meta is not None else {},
+                             workflow_hash=document.hash)
+            item.seq = store.add(item.stored(), document)
             bisect.insort(self._pending, item, key=lambda i: (i.number, i.seq))
             # Announced before the worker can take it, so "queued" precedes "started".
             self.publish({"type": "queued", "data": {**item.summary(),
@@ -193,13 +209,14 @@ class PromptQueue:
         """Drop the pending prompts with these ids (all of them when None); a running
         prompt is left alone (interrupt it instead). Returns how many were dropped."""
         with self._cond:
-            before = len(self._pending)
-            if prompt_ids is None:
-                self._pending.clear()
-            else:
-                wanted = set(prompt_ids)
-                self._pending = [i for i in self._pending if i.prompt_id not in wanted]
-            dropped = before - len(self._pending)
+            wanted = None if prompt_ids is None else set(prompt_ids)
+            dropped_ids = [i.prompt_id for i in self._pending
+                           if wanted is None or i.prompt_id in wanted]
+            if dropped_ids:
+                self._db().remove(dropped_ids)
+            self._pending = [i for i in self._pending if wanted is not None
+                             and i.prompt_id not in wanted]
+            dropped = len(dropped_ids)
         if dropped:
             self._publish_status()
         return dropped
@@ -209,6 +226,7 @@ class PromptQueue:
         with self._cond:
             for item in self._pending:
                 if item.prompt_id == prompt_id:
+                    self._db().remove([prompt_id])
                     self._pending.remove(item)
                     break
             else:
@@ -229,27 +247,39 @@ class PromptQueue:
             running.interrupt.set()
             return running.prompt_id
 
-    def history(self) -> list[dict[str, Any]]:
-        with self._cond:
-            return [r.entry for r in self._history.values()]
+    # ------------------------------------------------------------------ history
+    # Read from the store, page by page: call these off the event loop.
+    def history_count(self) -> int:
+        return self._db().count()
+
+    def history_start(self, offset: int) -> int | None:
+        """Where the entry at `offset` (0: the oldest) is, for `history_from`."""
+        return self._db().start_id(offset)
+
+    def history_from(self, start: int, limit: int) -> list[HistoryRecord]:
+        """Up to `limit` finished prompts from `start` on (a `history_start` or a record's
+        `id + 1`), oldest first."""
+        return [HistoryRecord(s) for s in self._db().entries(start, limit)]
+
+    def history(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Our entries from `offset` (0: the oldest), oldest first."""
+        start = self.history_start(offset)
+        if start is None:
+            return []
+        count = limit if limit is not None else self.history_count()
+        return [r.entry for r in self.history_from(start, count)]
+
+    def history_record(self, prompt_id: str) -> HistoryRecord | None:
+        stored = self._db().entry(prompt_id)
+        return HistoryRecord(stored) if stored is not None else None
 
     def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
-        with self._cond:
-            record = self._history.get(prompt_id)
-            return record.entry if record is not None else None
-
-    def history_records(self) -> list[HistoryRecord]:
-        """Finished prompts, oldest first, with the items they came from."""
-        with self._cond:
-            return list(self._history.values())
+        record = self.history_record(prompt_id)
+        return record.entry if record is not None else None
 
     def forget(self, prompt_ids: list[str] | None = None) -> None:
         """Delete these prompts from the history (all of it when None)."""
-        with self._cond:
-            if prompt_ids is None:
-                self._history.clear()
-            for pid in prompt_ids or ():
-                self._history.pop(pid, None)
+        self._db().forget(prompt_ids)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing is pending or running (for tests and shutdown)."""
@@ -284,48 +314,64 @@ class PromptQueue:
                     return
                 item = self._pending.pop(0)
                 self._running = item
+                self._write(self._db().set_running, item.prompt_id)
             self._publish_status()
             try:
-                entry = self._run(item)
+                entry, finished = self._run(item)
             except Exception as exc:  # noqa: BLE001 - the queue must survive any prompt
                 entry = self._entry(item, "error")
                 entry["error"] = {"node": None, "node_type": None,
                                   "exception_type": type(exc).__name__, "message": str(exc),
                                   "traceback": traceback.format_exc()}
-                self._publish_unrun(item, "error", entry["error"])
-            with self._cond:
-                self._history.pop(item.prompt_id, None)  # a reused id moves to the end
-                self._history[item.prompt_id] = HistoryRecord(entry, item)
-                while len(self._history) > self.history_limit:
-                    self._history.popitem(last=False)
-                self._running = None
-                self._cond.notify_all()
-            self._notify("run_recorded", item, entry)
-            self._publish_status()
-            self._notify("run_done", item, entry)
+                finished = self._publish_unrun(item, "error", entry["error"])
+            self._record(item, entry, finished)
 
-    def _publish_unrun(self, item: QueueItem, kind: str, data: dict[str, Any]) -> None:
-        """Why a prompt did not run, then its `finished`, so a client waiting for the end
-        of the prompt is released."""
+    def _record(self, item: QueueItem, entry: dict[str, Any], finished: Message) -> None:
+        """Commit the history entry, then announce the end of the prompt: our `finished`,
+        the listeners' final messages, the queue status."""
+        with self._cond:
+            self._write(self._db().finish, item.stored(), entry)
+            self._running = None
+            self._cond.notify_all()
+        self.publish(finished, item.client_id)
+        self._notify("run_recorded", item, entry)
+        self._publish_status()
+        self._notify("run_done", item, entry)
+
+    @staticmethod
+    def _write(change: Callable[..., Any], *args: Any) -> None:
+        """A store change from the worker: a failing disk is logged, and the queue goes on
+        (the prompt then is not kept across a restart)."""
+        try:
+            change(*args)
+        except sqlite3.Error:
+            log.exception("could not write the queue's state database")
+
+    def _publish_unrun(self, item: QueueItem, kind: str, data: dict[str, Any]) -> Message:
+        """Why a prompt did not run; returns its `finished` (published once the history
+        entry is written), so a client waiting for the end of the prompt is released."""
         pid, client = item.prompt_id, item.client_id
         self._notify("run_event", item, {"type": kind, **data})
         self.publish({"type": kind, "data": {"prompt_id": pid, **data}}, client)
-        self.publish({"type": "finished", "data": {
-            "prompt_id": pid, "ok": False, "executed": [], "cached": [], "files": [],
-            "seconds": 0.0, "interrupted": False}}, client)
+        return finished_message(pid)
 
     def _entry(self, item: QueueItem, status: str) -> dict[str, Any]:
-        return {**item.summary(), "status": status, "workflow": item.workflow.to_dict(),
+        # The workflow is not repeated here: the store keeps it once and adds it on reading.
+        return {**item.summary(), "status": status,
                 "outputs": {}, "executed": [], "cached": [], "files": [], "error": None,
                 "seconds": 0.0, "finished_at": time.time()}
 
-    def _run(self, item: QueueItem) -> dict[str, Any]:
+    def _run(self, item: QueueItem) -> tuple[dict[str, Any], Message]:
+        """Run the prompt; its history entry and its `finished` message (held back)."""
         pid, client = item.prompt_id, item.client_id
+        held: list[Message] = []
 
         def on_event(event: dict[str, Any]) -> None:
             self._notify("run_event", item, event)
-            message = self.translate(event, pid)
-            if message is not None:
+            message = translate(event, pid, self._file_refs)
+            if message is not None and message["type"] == "finished":
+                held.append(message)
+            elif message is not None:
                 self.publish(message, client)
             if event["type"] in ("node_finished", "node_cached") and event.get("ui"):
                 self.publish({"type": "executed", "data": {
@@ -339,31 +385,13 @@ class PromptQueue:
             # Valid when queued, invalid now (e.g. a model file was removed meanwhile).
             entry = self._entry(item, "invalid")
             entry["errors"] = exc.errors
-            self._publish_unrun(item, "invalid", {"errors": exc.errors})
-            return entry
+            return entry, self._publish_unrun(item, "invalid", {"errors": exc.errors})
         status = "success" if result.ok else ("interrupted" if result.interrupted else "error")
         entry = self._entry(item, status)
         entry.update(outputs=result.ui, executed=result.executed, cached=result.cached,
                      files=self._file_refs(result.files),
                      error=result.error, seconds=result.seconds)
-        return entry
+        return entry, held[-1] if held else finished_message(pid, ok=result.ok)
 
     def _file_refs(self, files: list[str]) -> list[dict[str, str]]:
         return [file_ref(f, self.executor.folders.output) for f in files]
-
-    def translate(self, event: dict[str, Any], prompt_id: str) -> dict[str, Any] | None:
-        """An executor event as the websocket message the canvas reads (None: not sent)."""
-        kind = event["type"]
-        data = {k: v for k, v in event.items() if k not in ("type", "run_id")}
-        data["prompt_id"] = prompt_id
-        if kind == "queued":
-            return None  # announced by `put` already, with the queue number
-        if kind == "run_started":
-            return {"type": "started", "data": data}
-        if kind == "progress":
-            data["preview"] = encode_preview(event.get("preview"))
-            return {"type": "progress", "data": data}
-        if kind == "run_finished":
-            data["files"] = self._file_refs(event.get("files", []))
-            return {"type": "finished", "data": data}
-        return {"type": kind, "data": data}

@@ -76,7 +76,8 @@ def test_noodle_serve_runs_a_workflow(served) -> None:  # type: ignore[no-untype
         time.sleep(0.1)
     assert entry["status"] == "success"
     assert (root / "out" / "greeting.txt").read_text() == "hello noodle"
-    assert (root / "input").is_dir() and (root / "user").exists() is False
+    assert (root / "input").is_dir() and not (root / "user" / "workflows").exists()
+    assert (root / "user" / "queue.sqlite3").is_file()  # the queue and history persist
     status, _ = request(base + "/api/nodes", headers={"Host": "rebind.example:80"})
     assert status == 403
     status, _ = request(base + "/api/interrupt", {}, headers={"Origin": "null"})

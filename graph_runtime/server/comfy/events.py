@@ -6,7 +6,7 @@ both the content and the order are part of the protocol:
     status (queued) · status (running) · execution_start · execution_cached {nodes}
     per node run: executing {node} · progress {value, max}... · executed {output}
     per cached output node: executed
-    -- history written --
+    -- history entry committed to the state database --
     execution_success | execution_error | execution_interrupted
     status (queue_remaining one less) · executing {node: null}
 

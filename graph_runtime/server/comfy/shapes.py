@@ -6,10 +6,15 @@ status with its event log, and per-node "meta". Prompts submitted through ComfyU
 keep exactly what was sent (clients find their prompt in the history by comparing it).
 Prompts submitted as v1 workflows appear too, one queue being shared: their prompt is the
 workflow written in API format.
+
+A submitted prompt (and its `extra_pnginfo`) is kept once, in the workflow's ComfyUI data,
+where nodes that save images read it; the item's meta only says it is there, so the store
+does not hold every prompt twice.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from graph_runtime.graph import output_nodes
@@ -49,12 +54,47 @@ def api_prompt(wf: Workflow, registry: Registry) -> dict[str, Any]:
     return prompt
 
 
+def keep_submitted(workflow: Workflow, prompt: dict[str, Any], extra_data: dict[str, Any],
+                   outputs: list[str]) -> dict[str, Any]:
+    """Put what a ComfyUI client sent into `workflow`; returns the item's ComfyUI meta."""
+    pnginfo = extra_data.get("extra_pnginfo")
+    in_workflow = isinstance(pnginfo, dict)
+    workflow.extra[COMFY] = {"prompt": copy.deepcopy(prompt),
+                             "extra_pnginfo": pnginfo if in_workflow else {}}
+    kept = {k: v for k, v in extra_data.items() if not (in_workflow and k == "extra_pnginfo")}
+    return {"submitted": True, "pnginfo": in_workflow, "extra_data": kept,
+            "outputs": list(outputs)}
+
+
+def sent_by_comfyui(meta: dict[str, Any]) -> bool:
+    """Whether a prompt with this `meta` came in through ComfyUI's route."""
+    data = meta.get(COMFY)
+    return isinstance(data, dict) and bool(data.get("submitted"))
+
+
+def submitted_prompt(item: QueueItem) -> dict[str, Any] | None:
+    """The API-format prompt a ComfyUI client sent; None for a v1 workflow."""
+    if not sent_by_comfyui(item.meta):
+        return None
+    data = item.workflow.extra.get(COMFY)
+    return data.get("prompt") if isinstance(data, dict) else None
+
+
+def _extra_data(item: QueueItem) -> dict[str, Any]:
+    meta = comfy_meta(item)
+    extra = dict(meta.get("extra_data", {}))
+    data = item.workflow.extra.get(COMFY)
+    if meta.get("pnginfo") and isinstance(data, dict):
+        extra["extra_pnginfo"] = data.get("extra_pnginfo", {})
+    return extra
+
+
 def queue_tuple(item: QueueItem, registry: Registry) -> list[Any]:
     """`[number, prompt_id, prompt, extra_data, outputs_to_execute]`."""
-    data = comfy_meta(item)
-    if "prompt" in data:
-        return [item.number, item.prompt_id, data["prompt"], data.get("extra_data", {}),
-                list(data.get("outputs", []))]
+    prompt = submitted_prompt(item)
+    if prompt is not None:
+        return [item.number, item.prompt_id, prompt, _extra_data(item),
+                list(comfy_meta(item).get("outputs", []))]
     extra = {"client_id": item.client_id} if item.client_id is not None else {}
     return [item.number, item.prompt_id, api_prompt(item.workflow, registry), extra,
             output_nodes(item.workflow, registry)]
@@ -80,13 +120,11 @@ def history_entry(record: HistoryRecord, registry: Registry) -> dict[str, Any]:
     }
 
 
-def history(records: list[HistoryRecord], registry: Registry, max_items: int | None = None,
-            offset: int = -1) -> dict[str, Any]:
-    """`GET /history`: oldest first; `max_items` alone gives the newest ones."""
-    if offset < 0 and max_items is not None:
-        offset = len(records) - max_items
-    offset = max(offset, 0)
-    chosen = records[offset:]
-    if max_items is not None:
-        chosen = chosen[:max(max_items, 0)]
-    return {r.item.prompt_id: history_entry(r, registry) for r in chosen}
+def history_page(total: int, max_items: int | None = None,
+                 offset: int | None = None) -> tuple[int, int | None]:
+    """`GET /history`'s `(offset, limit)` among `total` entries, oldest first:
+    `max_items` alone gives the newest ones; no `max_items`, everything from `offset`."""
+    start = -1 if offset is None else offset
+    if start < 0 and max_items is not None:
+        start = total - max_items
+    return max(start, 0), (max(max_items, 0) if max_items is not None else None)
