@@ -4,9 +4,11 @@ Validation checks the whole workflow before anything runs and returns *every* pr
 `{"node", "input", "code", "message"}`, so a front end can mark all broken sockets at once
 (ComfyUI finds some problems only at run time, and silently drops outputs that fail).
 Codes: unknown_node_type, unknown_input, missing_input, dangling_link, unknown_output,
-type_mismatch, invalid_value_type, value_out_of_range, invalid_choice, cycle, no_outputs,
-unknown_target, absent_output (a node's `absent_outputs` hook says that output will be
-empty for these inputs) (plus unknown_node / invalid_override from command-line overrides).
+type_mismatch, invalid_value_type, value_out_of_range, value_too_long, invalid_choice, cycle,
+no_outputs, unknown_target, absent_output (a node's `absent_outputs` hook says that output
+will be empty for these inputs), invalid_combination (its `check_inputs` hook refuses
+values that are each in range but cannot run together) (plus unknown_node /
+invalid_override from command-line overrides).
 Which socket types may be linked is the registry's knowledge (`Registry.accepts`), so the
 engine holds no list of its own.
 
@@ -24,19 +26,21 @@ import networkx as nx
 
 from graph_runtime.registry import InputSpec, NodeDef, Registry
 from graph_runtime.settings import Folders
+from graph_runtime.widgets import is_finite_number, is_float_value, shown
 from graph_runtime.workflow import Workflow, is_link
 
 _PRIMITIVE_CHECKS = {
-    "INT": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "FLOAT": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "INT": lambda v: is_finite_number(v) and isinstance(v, int),
+    "FLOAT": is_float_value,
     "STRING": lambda v: isinstance(v, str),
     "BOOLEAN": lambda v: isinstance(v, bool),
 }
 
 
 def natural_key(node_id: str) -> tuple[int, int, str]:
-    """Numeric ids by value, then the others by text: a stable, human order."""
-    if node_id.isdigit():
+    """Numeric ids by value, then the others by text: a stable, human order. Only ASCII
+    digits count: `int()` refuses "²", which `str.isdigit` calls a digit."""
+    if node_id.isascii() and node_id.isdigit():
         return (0, int(node_id), node_id)
     return (1, 0, node_id)
 
@@ -76,10 +80,10 @@ def _check_literal(nid: str, spec: InputSpec, value: Any, folders: Folders,
     if check is None:
         errors.append(_error(nid, spec.name, "invalid_value_type",
                              f"{spec.name} takes a {spec.type} from another node's output; "
-                             f"got the literal {value!r}"))
+                             f"got the literal {shown(value)}"))
     elif not check(value):
         errors.append(_error(nid, spec.name, "invalid_value_type",
-                             f"{spec.name}: expected {spec.type}, got {value!r}"))
+                             f"{spec.name}: expected {spec.type}, got {shown(value)}"))
 
 
 def _absent_outputs(definition: NodeDef, nd: dict[str, Any], folders: Folders
@@ -112,17 +116,18 @@ class _NodeChecker:
         self.absent: dict[str, dict[str, str]] = {}
 
     def check(self, nid: str, nd: dict[str, Any]) -> None:
+        before = len(self.errors)
         ntype = nd.get("type")
         definition: NodeDef | None = self.registry.get(ntype)
         inputs = nd.get("inputs") or {}
         if definition is None:
             self.errors.append(_error(nid, None, "unknown_node_type",
-                                      f"unknown node type {ntype!r}"))
+                                      f"unknown node type {shown(ntype)}"))
         for iname, value in inputs.items():
             spec = definition.inputs.get(iname) if definition is not None else None
             if definition is not None and spec is None:
                 self.errors.append(_error(nid, iname, "unknown_input",
-                                          f"{ntype} has no input {iname!r}"))
+                                          f"{ntype} has no input {shown(iname)}"))
             elif is_link(value):
                 self.link(nid, iname, value, spec)
             elif spec is not None:
@@ -133,6 +138,28 @@ class _NodeChecker:
                     how = "a value or a link" if spec.type in _PRIMITIVE_CHECKS else "a link"
                     self.errors.append(_error(nid, spec.name, "missing_input",
                                               f"{spec.name} ({spec.type}) needs {how}"))
+            if definition.check_inputs is not None:
+                refused = {e["input"] for e in self.errors[before:]}
+                self.combination(nid, definition, inputs, refused)
+
+    def combination(self, nid: str, definition: NodeDef, inputs: dict[str, Any],
+                    refused: set[str | None]) -> None:
+        """The node's own check of how its literal values go together; values their widget
+        refused are left out (reported already), as are linked ones."""
+        if None in refused:  # the node as a whole is wrong
+            return
+        literals = {name: inputs.get(name, spec.default)
+                    for name, spec in definition.inputs.items()
+                    if spec.widget is not None and name not in refused
+                    and not is_link(inputs.get(name))}
+        assert definition.check_inputs is not None
+        try:
+            problems = dict(definition.check_inputs(literals))
+        except Exception as exc:  # noqa: BLE001 - a broken hook is reported, not raised
+            problems = {"": f"cannot check the inputs: {type(exc).__name__}: {exc}"}
+        for name, message in problems.items():
+            self.errors.append(_error(nid, name or None, "invalid_combination",
+                                      f"{name}: {message}" if name else message))
 
     def absent_outputs(self, src_id: str, src_def: NodeDef, src: dict[str, Any]
                        ) -> dict[str, str]:
@@ -145,7 +172,7 @@ class _NodeChecker:
         src = self.wf.nodes.get(src_id)
         if src is None:
             self.errors.append(_error(nid, iname, "dangling_link",
-                                      f"{iname} is linked from node {src_id!r}, which does "
+                                      f"{iname} is linked from node {shown(src_id)}, which does "
                                       "not exist"))
             return
         src_def = self.registry.get(src.get("type"))
@@ -155,15 +182,15 @@ class _NodeChecker:
         if out is None:
             names = ", ".join(o.name for o in src_def.outputs) or "none"
             self.errors.append(_error(nid, iname, "unknown_output",
-                                      f"{iname}: node {src_id!r} ({src_def.name}) has no "
-                                      f"output {out_name!r} (outputs: {names})"))
+                                      f"{iname}: node {shown(src_id)} ({src_def.name}) has no "
+                                      f"output {shown(out_name)} (outputs: {names})"))
         elif spec is not None and not self.registry.accepts(spec.type, out.type):
             self.errors.append(_error(nid, iname, "type_mismatch",
                                       f"{iname} expects {spec.type} but {src_def.name}."
                                       f"{out_name} gives {out.type}"))
         elif out_name in (absent := self.absent_outputs(src_id, src_def, src)):
             self.errors.append(_error(nid, iname, "absent_output",
-                                      f"{iname}: node {src_id!r} ({src_def.name}) gives no "
+                                      f"{iname}: node {shown(src_id)} ({src_def.name}) gives no "
                                       f"{out_name}: {absent[out_name]}"))
 
 
@@ -207,7 +234,7 @@ def validate(wf: Workflow, registry: Registry, targets: Iterable[str] | None = N
         for t in targets:
             if t not in wf.nodes:
                 errors.append(_error(t, None, "unknown_target",
-                                     f"target {t!r} is not a node of this workflow"))
+                                     f"target {shown(t)} is not a node of this workflow"))
     if not targets and not output_nodes(wf, registry):
         errors.append(_error(None, None, "no_outputs",
                              "the workflow has no output node (e.g. a save or preview node)"))

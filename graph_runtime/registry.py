@@ -31,6 +31,8 @@ __all__ = [
 Fingerprint = Callable[[Mapping[str, Any], Folders], "str | None"]
 # absent_outputs(literal inputs, folders): outputs that will be empty, with the reason.
 AbsentOutputs = Callable[[Mapping[str, Any], Folders], Mapping[str, str]]
+# check_inputs(literal inputs): what is wrong with a combination of values, by input name.
+CheckInputs = Callable[[Mapping[str, Any]], Mapping[str, str]]
 
 
 class NodeDefinitionError(TypeError):
@@ -85,6 +87,7 @@ class NodeDef:
     version: int = 1
     fingerprint: Fingerprint | None = None
     absent_outputs: AbsentOutputs | None = None
+    check_inputs: CheckInputs | None = None
     multi_output: bool = False
     # Optional sockets without a Python default: an unlinked one is passed as None.
     unlinked: dict[str, None] = field(default_factory=dict)
@@ -210,6 +213,7 @@ def build_definition(func: Callable[..., Any], name: str, registry: Registry, *,
                      output_node: bool = False, version: int = 1,
                      fingerprint: Fingerprint | None = None,
                      absent_outputs: AbsentOutputs | None = None,
+                     check_inputs: CheckInputs | None = None,
                      display_name: str = "",
                      localns: Mapping[str, Any] | None = None) -> NodeDef:
     """The definition of `func` as node type `name`, its sockets checked against the
@@ -225,7 +229,8 @@ def build_definition(func: Callable[..., Any], name: str, registry: Registry, *,
         name=name, func=func, inputs=inputs, outputs=outputs, category=category,
         description=inspect.cleandoc(func.__doc__ or ""), display_name=display_name,
         output_node=output_node, version=version, fingerprint=fingerprint,
-        absent_outputs=absent_outputs, multi_output=multi, unlinked=unlinked,
+        absent_outputs=absent_outputs, check_inputs=check_inputs, multi_output=multi,
+        unlinked=unlinked,
     )
 
 
@@ -268,7 +273,9 @@ class Registry:
         return produced == expected if socket is None else socket.takes(produced)
 
     def get(self, name: str) -> NodeDef | None:
-        return self._defs.get(name)
+        """The definition, or None — also for a name that is not a string (a workflow's
+        `type` may be anything before validation has looked at it)."""
+        return self._defs.get(name) if isinstance(name, str) else None
 
     def provide(self, name: str, fn: Callable[..., Any]) -> None:
         """Offer a named service to the engine's front ends (e.g. the model lists a client
@@ -284,7 +291,7 @@ class Registry:
         return self._defs[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._defs
+        return isinstance(name, str) and name in self._defs
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._defs))
@@ -314,6 +321,7 @@ def node(
     version: int = 1,
     fingerprint: Fingerprint | None = None,
     absent_outputs: AbsentOutputs | None = None,
+    check_inputs: CheckInputs | None = None,
     display_name: str = "",
     registry: Registry | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -325,6 +333,10 @@ def node(
     mtime), so an edited file on disk invalidates the cache although the literal inputs did
     not change. `absent_outputs(inputs, folders)` names outputs the node will leave empty
     for these inputs, with the reason, so that linking one fails validation, not the run.
+    `check_inputs(inputs)` gets the literal inputs that passed their widgets (defaults
+    filled in; linked and refused ones left out), and names the inputs whose *combination* the node
+    cannot run (steps / denoise too long a schedule, width x height x batch too large to
+    allocate), with the reason: validation reports them, so such a value never starts a run.
     """
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -336,6 +348,7 @@ def node(
         definition = build_definition(
             func, name, target, category=category, output=output, output_node=output_node,
             version=version, fingerprint=fingerprint, absent_outputs=absent_outputs,
+            check_inputs=check_inputs,
             display_name=display_name, localns=localns)
         target.add(definition)
         func.__node__ = definition  # type: ignore[attr-defined]

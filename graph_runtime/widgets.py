@@ -11,6 +11,7 @@ so validation can collect every problem of a workflow at once.
 from __future__ import annotations
 
 import math
+import reprlib
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -44,7 +45,20 @@ class Widget:
         return None
 
 
-def _is_number(value: Any) -> bool:
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 60
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = 6
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, shortened: an error message quotes the value, and the value may be a
+    megabyte of text, a number of a thousand digits or lists nested hundreds deep."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return _SHORT.repr(value)
+
+
+def is_finite_number(value: Any) -> bool:
     """A finite int or float (not a bool: JSON true is not 1). NaN and infinities never
     reach a node: they compare false with every bound and break JSON for the browser."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -52,12 +66,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int) or math.isfinite(value)
 
 
+def is_float_value(value: Any) -> bool:
+    """A finite number that is also a float: an int past 1.8e308 would overflow `float()`."""
+    if not is_finite_number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _range_error(value: float, low: float | None, high: float | None) -> Problem | None:
     """The bounds check Int and Float share."""
     if low is not None and value < low:
-        return "value_out_of_range", f"{value} is below the minimum {low}"
+        return "value_out_of_range", f"{shown(value)} is below the minimum {low}"
     if high is not None and value > high:
-        return "value_out_of_range", f"{value} is above the maximum {high}"
+        return "value_out_of_range", f"{shown(value)} is above the maximum {high}"
     return None
 
 
@@ -72,8 +96,8 @@ class Int(Widget):
     def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         # A float such as 64.0 is refused rather than passed on: nodes index and loop with
         # integers. Ints are compared as they are (float() of 10**400 would overflow).
-        if not _is_number(value) or not isinstance(value, int):
-            return "invalid_value_type", f"expected an integer, got {value!r}"
+        if not is_finite_number(value) or not isinstance(value, int):
+            return "invalid_value_type", f"expected an integer, got {shown(value)}"
         return _range_error(value, self.min, self.max)
 
 
@@ -99,20 +123,29 @@ class Float(Widget):
     socket: typing.ClassVar[str] = "FLOAT"
 
     def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
-        if not _is_number(value):
-            return "invalid_value_type", f"expected a finite number, got {value!r}"
+        if not is_float_value(value):
+            return "invalid_value_type", f"expected a finite number, got {shown(value)}"
         return _range_error(value, self.min, self.max)
+
+
+# Far more than any prompt, and still text a node handles in a moment (tokenizing 100,000
+# characters takes a quarter of a second; the 8 MiB a request may carry, twenty seconds).
+MAX_TEXT_LENGTH = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
 class Text(Widget):
     multiline: bool = False
+    max_length: int = MAX_TEXT_LENGTH
     kind: typing.ClassVar[str] = "text"
     socket: typing.ClassVar[str] = "STRING"
 
     def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not isinstance(value, str):
-            return "invalid_value_type", f"expected text, got {value!r}"
+            return "invalid_value_type", f"expected text, got {shown(value)}"
+        if len(value) > self.max_length:
+            return "value_too_long", (f"{len(value):,} characters; at most "
+                                      f"{self.max_length:,}")
         return None
 
 
@@ -160,12 +193,12 @@ class Choice(Widget):
 
     def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not isinstance(value, str):
-            return "invalid_value_type", f"expected one of the choices, got {value!r}"
+            return "invalid_value_type", f"expected one of the choices, got {shown(value)}"
         if self.allow_other:
             return None
         options = self.current_options(folders)
         if value not in options:
-            return "invalid_choice", f"{value!r} is not one of: {', '.join(options[:20])}"
+            return "invalid_choice", f"{shown(value)} is not one of: {', '.join(options[:20])}"
         return None
 
 
@@ -176,5 +209,5 @@ class Bool(Widget):
 
     def check(self, value: Any, folders: Folders | None = None) -> Problem | None:
         if not isinstance(value, bool):
-            return "invalid_value_type", f"expected true or false, got {value!r}"
+            return "invalid_value_type", f"expected true or false, got {shown(value)}"
         return None

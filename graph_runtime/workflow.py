@@ -20,6 +20,8 @@ format has an importer opens like a file. The engine itself knows no format but 
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -34,6 +36,10 @@ FORMAT = "noodle.workflow"
 VERSION = 1
 _KNOWN_TOP = frozenset({"format", "version", "name", "description", "nodes", "ui"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Far deeper than any workflow (a ComfyUI prompt with its UI graph is about 10 levels), and
+# far from Python's recursion limit, which copying or writing a document would reach.
+MAX_JSON_DEPTH = 64
+
 
 class WorkflowFormatError(ValueError):
     """The file is not a well-formed v1 workflow. The message names where in the file."""
@@ -83,6 +89,68 @@ class Workflow:
 
 def _json_where(exc: json.JSONDecodeError) -> str:
     return f"line {exc.lineno} column {exc.colno}"
+
+
+# ---------------------------------------------------------------------------- strict JSON
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
+
+
+def _check_depth(data: Any, max_depth: int) -> None:
+    """Walk the containers without recursion; the document's top level is depth 1."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            raise ValueError(f"nested more than {max_depth} levels deep")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON as RFC 8259 defines it, for documents from outside: no NaN or Infinity (nor
+    numbers too large for a float), no lone surrogate escapes (text that cannot be written
+    out as UTF-8 again), at most `max_depth` levels of nesting. Python's own parser accepts
+    all of these, and each one breaks something later: a browser's JSON, a file or
+    database write, or a copy that runs out of stack. Raises ValueError saying which
+    (json.JSONDecodeError, with the position, for bad syntax)."""
+    if not isinstance(text, str):
+        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"nested more than {max_depth} levels deep") from None
+    if text.count("[") + text.count("{") > max_depth:  # else it cannot be too deep
+        _check_depth(data, max_depth)
+    if _SURROGATE_ESCAPE.search(text):  # rare: check exactly
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone UTF-16 surrogate escape") from None
+    return data
+
+
+def _parse_document(text: str | bytes, where: str) -> Any:
+    """`parse_json` with its errors as WorkflowFormatError naming `where` in the file."""
+    try:
+        return parse_json(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowFormatError(f"not valid JSON: {exc.msg}",
+                                  f"{where} {_json_where(exc)}".strip()) from exc
+    except UnicodeDecodeError as exc:
+        raise WorkflowFormatError("not UTF-8 text", where) from exc
+    except ValueError as exc:
+        raise WorkflowFormatError(f"not acceptable JSON: {exc}", where) from exc
 
 
 def _check_node(nid: str, nd: Any) -> None:
@@ -175,12 +243,7 @@ def load_workflow(source: str | Path | Mapping[str, Any] | Workflow) -> Workflow
         except UnicodeDecodeError as exc:
             raise WorkflowFormatError("not UTF-8 text", str(path)) from exc
         origin = str(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkflowFormatError(f"not valid JSON: {exc.msg}",
-                                  f"{origin} {_json_where(exc)}") from exc
-    return from_dict(data)
+    return from_dict(_parse_document(text, origin))
 
 
 def dumps(wf: Workflow) -> str:
@@ -194,7 +257,7 @@ def save_workflow(wf: Workflow, path: str | Path) -> None:
 def parse_value(text: str) -> Any:
     """`--set` values: JSON where they parse (numbers, booleans, lists), else the string."""
     try:
-        return json.loads(text)
+        return parse_json(text)
     except ValueError:
         return text
 
@@ -292,7 +355,7 @@ def _import_png(data: bytes, registry: Registry) -> Workflow:
     first_error: WorkflowFormatError | None = None
     for key in order:
         try:
-            document = json.loads(chunks[key])
+            document = parse_json(chunks[key])
         except ValueError:
             continue
         try:
@@ -313,9 +376,11 @@ def import_workflow(data: Any, registry: Registry) -> tuple[Workflow, str]:
         return _import_png(bytes(data), registry), "png"
     if isinstance(data, (bytes, bytearray, memoryview)):
         try:
-            data = json.loads(bytes(data).decode("utf-8"))
+            data = parse_json(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise WorkflowFormatError("neither a PNG nor JSON text", "top level") from exc
+        except ValueError as exc:
+            raise WorkflowFormatError(f"not acceptable JSON: {exc}", "top level") from exc
     return _import_document(data, registry)
 
 
@@ -331,13 +396,7 @@ def load_workflow_file(path: Path | str, registry: Registry) -> Workflow:
         if _is_png(raw):
             wf, kind = _import_png(raw, registry), "png"
         else:
-            try:
-                document = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise WorkflowFormatError("neither a PNG nor UTF-8 text", "") from exc
-            except json.JSONDecodeError as exc:
-                raise WorkflowFormatError(f"not valid JSON: {exc.msg}", _json_where(exc)) from exc
-            wf, kind = _import_document(document, registry)
+            wf, kind = _import_document(_parse_document(raw, ""), registry)
     except WorkflowFormatError as exc:
         raise WorkflowFormatError(exc.message, f"{path} {exc.where}".strip()) from exc
     if kind != "noodle" and not wf.name:

@@ -17,6 +17,7 @@ import torch
 
 from graph_runtime import Int, Seed, node
 from nodes.diffusion.schedulers.schedule import randn
+from nodes.limits import pixel_budget, require_pixels
 from nodes.previews import fit_projection
 from nodes.types import VAE, Image, Latent, UNet, generator_states, new_generators, require
 
@@ -52,7 +53,8 @@ def seeded_noise(unet: UNet, batch_size: int, height: int, width: int, seed: int
     return Latent(samples, seeds, generator_states(gens), noise=True, extra=extra)
 
 
-@node("RandomLatents", category="latent", output="latents", display_name="Random Latents")
+@node("RandomLatents", category="latent", output="latents", display_name="Random Latents",
+      check_inputs=pixel_budget(batch="batch_size"))
 def random_latents(
     unet: UNet,
     vae: VAE,
@@ -69,13 +71,14 @@ def random_latents(
     factor = vae.scale_factor
     width, height = width or native_size(unet, factor), height or native_size(unet, factor)
     _check_size("RandomLatents", width, height, factor)
+    require_pixels("RandomLatents", width, height, batch_size)
     extra = {"rgb_projection": fit_projection(vae.model, vae.scaling_factor),
              "pixel_size": (height, width)}
     return seeded_noise(unet, batch_size, height // factor, width // factor, seed, extra)
 
 
 @node("RandomPixelNoise", category="latent", output="latents",
-      display_name="Random Pixel Noise")
+      display_name="Random Pixel Noise", check_inputs=pixel_budget(batch="batch_size"))
 def random_pixel_noise(
     unet: UNet,
     width: PixelSize = 0,
@@ -87,6 +90,7 @@ def random_pixel_noise(
     seeded `seed + i`. A size of 0 is the model's `sample_size`."""
     require(unet, "RandomPixelNoise", "unet")
     width, height = width or native_size(unet), height or native_size(unet)
+    require_pixels("RandomPixelNoise", width, height, batch_size)
     return seeded_noise(unet, batch_size, height, width, seed, {"pixel_space": True})
 
 

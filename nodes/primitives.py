@@ -15,8 +15,8 @@ from nodes.files import NumberedFiles
 CATEGORY = "primitives"
 _INT_OPS = ["add", "subtract", "multiply", "floor_divide", "modulo", "min", "max", "power"]
 _FLOAT_OPS = ["add", "subtract", "multiply", "divide", "min", "max", "power"]
-# Widget types of these nodes; an unbounded integer still fits a JavaScript number.
-AnyInt = Annotated[int, Int()]
+# Widget types of these nodes; integers stay within what a JavaScript number holds exactly.
+AnyInt = Annotated[int, Int(min=-(2**53 - 1), max=2**53 - 1)]
 AnyFloat = Annotated[float, Float()]
 OneLine = Annotated[str, Text()]
 
@@ -76,16 +76,20 @@ def int_math(a: AnyInt = 0, b: AnyInt = 0,
 @node("FloatMath", category=CATEGORY, output="value", display_name="Float math")
 def float_math(a: AnyFloat = 0.0, b: AnyFloat = 0.0,
                operation: Annotated[str, Choice(_FLOAT_OPS)] = "add") -> float:
-    """`a (operation) b` on floats (integers may be wired in)."""
+    """`a (operation) b` on floats (integers may be wired in). A result too large for a
+    float is an error, not an infinity that no JSON reader accepts."""
     if operation == "divide":
         if b == 0:
             raise ZeroDivisionError("FloatMath: division by zero")
-        return a / b
-    if operation == "power":
-        return math.pow(a, b)
-    ops = {"add": a + b, "subtract": a - b, "multiply": a * b, "min": min(a, b),
-           "max": max(a, b)}
-    return ops[operation]
+        result = a / b
+    elif operation == "power":
+        result = math.pow(a, b)
+    else:
+        result = {"add": a + b, "subtract": a - b, "multiply": a * b, "min": min(a, b),
+                  "max": max(a, b)}[operation]
+    if not math.isfinite(result):
+        raise OverflowError(f"FloatMath: {a!r} {operation} {b!r} is too large for a float")
+    return result
 
 
 @node("TextJoin", category=CATEGORY, output="text", display_name="Join text")

@@ -12,6 +12,7 @@ clean latents to the first of them, with noise drawn from the latents' own gener
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import torch
@@ -143,16 +144,44 @@ class StepReport:
 
 
 Fraction = Annotated[float, Float(min=0.0, max=1.0, step=0.01)]
+# Half the 1,000 training timesteps of every Stable Diffusion model. Closer to 1,000 the
+# timesteps crowd together and several schedulers fail exactly as diffusers' do: at 1,000
+# DDIM, DDPM, PNDM, UniPC, DEIS and DPM-Solver++ index past the schedule, and at 995-999
+# the multistep solvers and LMS divide by a zero step for some timestep spacings.
+MAX_STEPS = 500
 
 
-@node("Denoise", category="sampling", output="latents")
+def max_steps(sched: Any) -> int:
+    """The most steps a scheduler runs: `MAX_STEPS`, less for one trained on fewer
+    timesteps (half of them)."""
+    return min(MAX_STEPS, int(sched.config["num_train_timesteps"]) // 2)
+
+
+def check_denoise(values: Mapping[str, Any]) -> dict[str, str]:
+    """Literal values that each pass their widget but cannot run together."""
+    problems: dict[str, str] = {}
+    steps, strength = values.get("steps"), values.get("strength")
+    start, end = values.get("denoising_start"), values.get("denoising_end")
+    if isinstance(start, float | int) and isinstance(end, float | int) and (
+            0.0 < start < 1.0 and 0.0 < end < 1.0 and start >= end):
+        problems["denoising_start"] = f"{start} must be below denoising_end {end}"
+    if isinstance(steps, int) and isinstance(strength, float | int) and strength < 1.0 and (
+            not (isinstance(start, float | int) and 0.0 < start < 1.0)
+            and int(steps * strength) == 0):
+        problems["strength"] = (f"{strength} keeps no step of {steps} (steps x strength "
+                                "must reach 1)")
+    return problems
+
+
+@node("Denoise", category="sampling", output="latents", check_inputs=check_denoise)
 def denoise(
     unet: UNet,
     scheduler: SchedulerSpec,
     positive: Conditioning | None,
     latents: Latent,
     negative: Conditioning | None = None,
-    steps: Annotated[int, Int(min=1, max=1000)] = 20,
+    steps: Annotated[int, Int(min=1, max=MAX_STEPS, tooltip=(
+        "at most 500: past half the model's training timesteps schedules break"))] = 20,
     guidance_scale: Annotated[float, Float(min=0.0, max=100.0, step=0.1)] = 7.5,
     strength: Annotated[float, Float(min=0.0, max=1.0, step=0.01)] = 1.0,
     denoising_start: Fraction = 0.0,
@@ -171,6 +200,10 @@ def denoise(
     model = unet.prepared()
     device, dtype = model.device, model.dtype
     sched = scheduler.build()
+    if steps > max_steps(sched):
+        raise ValueError(f"Denoise: input 'steps': {steps} is more than this scheduler "
+                         f"runs (at most {max_steps(sched)}, half its "
+                         f"{sched.config['num_train_timesteps']} training timesteps)")
     sched.set_timesteps(steps, device=device)
     latents, batch = match_batch(latents, positive)
     gens = latents.generators()

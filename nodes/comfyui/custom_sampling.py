@@ -15,7 +15,7 @@ import torch
 
 from graph_runtime import Bool, Choice, Float, Int, node
 from nodes.comfyui.guidance import SamplingRun
-from nodes.comfyui.sampling import Cfg, NoiseSeed, Steps
+from nodes.comfyui.sampling import Cfg, NoiseSeed, Steps, check_schedule, schedule_problem
 from nodes.comfyui.types import Guider, Model, NoiseSource, SamplerChoice, Sigmas
 from nodes.diffusion.ksampling import (
     SAMPLER_NAMES,
@@ -62,7 +62,7 @@ def ksampler_select(
 
 
 @node("BasicScheduler", category="ComfyUI/sampling/custom_sampling/schedulers",
-      output="SIGMAS", display_name="BasicScheduler")
+      output="SIGMAS", display_name="BasicScheduler", check_inputs=check_schedule)
 def basic_scheduler(
     model: Model,
     scheduler: Annotated[str, Choice(SCHEDULER_NAMES)] = SCHEDULER_NAMES[0],
@@ -71,6 +71,8 @@ def basic_scheduler(
 ) -> Sigmas:
     """The model's sigmas for a named schedule; `denoise` < 1 keeps the last `steps` steps
     of a longer schedule."""
+    if (problem := schedule_problem(steps, denoise)) is not None:
+        raise ValueError(f"BasicScheduler: input 'denoise': {problem}")
     total = steps
     if denoise < 1.0:
         if denoise <= 0.0:

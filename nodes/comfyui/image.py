@@ -9,12 +9,16 @@ import torch
 
 from graph_runtime import Choice, Float, Int, node
 from nodes.comfyui.upscale import CROPS, IMAGE_METHODS, upscale
+from nodes.limits import require_pixels
 from nodes.types import Image
 
 MAX_RESOLUTION = 16384
 
 
 def _resize(image: Image, width: int, height: int, method: str, crop: str) -> Image:
+    """Resize to width x height (at least one pixel each: a tiny image scaled down)."""
+    width, height = max(1, width), max(1, height)
+    require_pixels("Upscale Image", width, height, image.pixels.shape[0])
     x = image.pixels.movedim(-1, 1)
     return Image(upscale(x, width, height, method, crop).movedim(1, -1).contiguous())
 

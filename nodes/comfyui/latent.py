@@ -15,6 +15,7 @@ import torch
 
 from graph_runtime import Choice, Float, Int, node
 from nodes.comfyui.upscale import CROPS, LATENT_METHODS, upscale
+from nodes.limits import pixel_budget, require_pixels
 from nodes.types import Latent, Mask
 
 MAX_RESOLUTION = 16384
@@ -30,7 +31,7 @@ def _with(latent: Latent, samples: torch.Tensor, **extra: object) -> Latent:
 
 
 @node("EmptyLatentImage", category="ComfyUI/latent", output="LATENT",
-      display_name="Empty Latent Image")
+      display_name="Empty Latent Image", check_inputs=pixel_budget(batch="batch_size"))
 def empty_latent_image(
     width: Annotated[int, Int(min=16, max=MAX_RESOLUTION, step=8)] = 512,
     height: Annotated[int, Int(min=16, max=MAX_RESOLUTION, step=8)] = 512,
@@ -38,11 +39,15 @@ def empty_latent_image(
 ) -> Latent:
     """A batch of all-zero latents for an image of width x height pixels (the samplers
     give it the model's channel count)."""
+    require_pixels("EmptyLatentImage", width, height, batch_size)
     samples = torch.zeros([batch_size, LATENT_CHANNELS, height // CELL, width // CELL])
     return Latent(samples)
 
 
 def _resize(latent: Latent, width: int, height: int, method: str, crop: str) -> Latent:
+    """Resize to width x height cells (at least one each: a tiny latent scaled down)."""
+    width, height = max(1, width), max(1, height)
+    require_pixels("Upscale Latent", width * CELL, height * CELL, latent.samples.shape[0])
     return _with(latent, upscale(latent.samples, width, height, method, crop))
 
 
@@ -93,6 +98,8 @@ def repeat_latent_batch(
     """The whole batch `amount` times over; repeated items get batch indices past the
     originals', so each draws its own noise."""
     x = samples.samples
+    require_pixels("RepeatLatentBatch", x.shape[-1] * CELL, x.shape[-2] * CELL,
+                   x.shape[0] * amount)
     extra: dict[str, object] = {}
     mask = samples.extra.get("noise_mask")
     if isinstance(mask, torch.Tensor) and mask.shape[0] > 1:

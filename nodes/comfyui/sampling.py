@@ -11,7 +11,8 @@ denoising at the end, so two of them can share one run.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from graph_runtime import Choice, Float, Int, Seed, node
 from nodes.comfyui.guidance import SamplingRun, steps_run
@@ -29,6 +30,26 @@ SchedulerName = Annotated[str, Choice(SCHEDULER_NAMES)]
 Denoise = Annotated[float, Float(min=0.0, max=1.0, step=0.01, tooltip=(
     "below 1 keeps that much of the input latent's structure (image to image)"))]
 Step = Annotated[int, Int(min=0, max=10000)]
+# denoise < 1 runs the tail of a schedule of steps / denoise steps (as ComfyUI does); the
+# schedule is kept to the step limit, since a tiny denoise would ask for billions of sigmas.
+MAX_SCHEDULE = 10000
+
+
+def schedule_problem(steps: int, denoise: float) -> str | None:
+    """Why `steps` at `denoise` make too long a schedule, or None."""
+    if 0.0 < denoise <= 0.9999 and steps / denoise > MAX_SCHEDULE:
+        return (f"{denoise} with {steps} steps asks for a schedule of {steps / denoise:.0f} "
+                f"steps; at most {MAX_SCHEDULE} (raise denoise or lower steps)")
+    return None
+
+
+def check_schedule(values: Mapping[str, Any]) -> dict[str, str]:
+    """KSampler's literal steps and denoise, together."""
+    steps, denoise = values.get("steps"), values.get("denoise")
+    if not isinstance(steps, int) or not isinstance(denoise, float | int):
+        return {}
+    problem = schedule_problem(steps, denoise)
+    return {} if problem is None else {"denoise": problem}
 
 
 def sample_ksampler(model: Model, seed: int, steps: int, cfg: float, sampler_name: str,
@@ -37,6 +58,8 @@ def sample_ksampler(model: Model, seed: int, steps: int, cfg: float, sampler_nam
                     start_step: int | None = None, last_step: int | None = None,
                     force_full_denoise: bool = False) -> Latent:
     """The run both KSampler nodes make (ComfyUI's common sampler path)."""
+    if (problem := schedule_problem(steps, denoise)) is not None:
+        raise ValueError(f"KSampler: input 'denoise': {problem}")
     sigmas = ksampler.sampler_sigmas(model.sampling, sampler_name, scheduler, steps, denoise)
     guider = Guider(model, positive, negative, cfg)
     run = SamplingRun(guider, latent, steps_run(len(sigmas), start_step, last_step))
@@ -48,7 +71,8 @@ def sample_ksampler(model: Model, seed: int, steps: int, cfg: float, sampler_nam
     return run.result(out)
 
 
-@node("KSampler", category="ComfyUI/sampling", output="LATENT", display_name="KSampler")
+@node("KSampler", category="ComfyUI/sampling", output="LATENT", display_name="KSampler",
+      check_inputs=check_schedule)
 def ksampler_node(
     model: Model,
     seed: NoiseSeed = 0,

@@ -125,8 +125,82 @@ def test_serve_hands_its_options_to_the_server(monkeypatch, tmp_path: Path,
                      "1G", "--models-dir", str(tmp_path / "m")])
     assert code == 0
     executor = seen.pop("ex")
-    assert seen == {"host": "0.0.0.0", "port": 9999}
+    assert {k: seen[k] for k in ("host", "port")} == {"host": "0.0.0.0", "port": 9999}
     assert executor.folders.output == tmp_path and executor.folders.models == tmp_path / "m"
     assert executor.cache.budgets["cpu"] == 2**30  # the flag wins over the environment
     assert "Const" in executor.registry
     assert os.environ["NOODLE_CACHE_CPU_BYTES"] == "8G"  # and nothing is exported
+
+
+# ---------------------------------------------------------------------------- bad input
+BAD_FILES = {
+    "deep.json": "[" * 990 + "]" * 990,
+    "nan.json": '{"format": "noodle.workflow", "version": 1, "nodes": {"1": '
+                '{"type": "Const", "inputs": {"value": NaN}}}}',
+    "digits.json": '{"format": "noodle.workflow", "version": 1, "nodes": {"1": '
+                   '{"type": "Const", "inputs": {"value": ' + "9" * 5000 + "}}}}",
+    "surrogate.json": '{"format": "noodle.workflow", "version": 1, "nodes": {"\\ud800": '
+                      '{"type": "Const"}}}',
+    "ids.json": json.dumps({"format": "noodle.workflow", "version": 1, "nodes": {
+        "²": {"type": "Const", "inputs": {"value": 10**400}},
+        "3": {"type": "Sink", "inputs": {"value": {"from": "²", "output": "value"}}}}}),
+    "garbage.json": "\x00\xff not json",
+    "empty.json": "",
+}
+
+
+def outcome(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict, str]:
+    """Exit code, the JSON error object (of a failed command), and everything printed."""
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    stream = out if "--json" in argv else err
+    report = json.loads(stream.strip().splitlines()[-1]) if code else {}
+    return code, report, out + err
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_files_exit_2_with_json_and_no_traceback(
+        name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        global_registry: Registry) -> None:
+    path = tmp_path / name
+    path.write_bytes(BAD_FILES[name].encode("utf-8", "surrogatepass"))
+    for argv in (["validate", str(path), "--json"], ["validate", str(path)],
+                 ["run", str(path), "--json"], ["run", str(path)], ["import", str(path)]):
+        argv = [*argv, "--nodes", TOY_NODES_MODULE]
+        code, report, printed = outcome(capsys, argv)
+        if name == "ids.json" and argv[0] == "import":
+            assert code == 0  # a readable file converts; its problems are listed
+            continue
+        assert code == 2, (argv, printed)
+        assert report["ok"] is False and report["errors"][0]["code"], printed
+        assert "Traceback" not in printed
+
+
+def test_missing_paths_and_settings_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           global_registry: Registry) -> None:
+    for argv in (["validate", str(tmp_path / "none.json"), "--json"],
+                 ["run", str(tmp_path), "--json"],
+                 ["validate", str(good(tmp_path)), "--nodes", "no_such_node_library"],
+                 ["import", str(good(tmp_path)), "-o", str(tmp_path / "no" / "dir.json")]):
+        if "--nodes" not in argv:
+            argv = [*argv, "--nodes", TOY_NODES_MODULE]
+        code, report, printed = outcome(capsys, argv)
+        assert code == 2 and report["errors"], printed
+        assert "Traceback" not in printed
+
+
+def test_an_unexpected_error_is_json_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str],
+                                         global_registry: Registry) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "validate", broken)
+    path = str(good(tmp_path))
+    code, report, printed = outcome(capsys, ["run", path, "--json", "--nodes",
+                                             TOY_NODES_MODULE])
+    assert code == 1 and report["type"] == "internal_error"
+    assert report["errors"][0]["message"] == "RuntimeError: a bug"
+    code, report, printed = outcome(capsys, ["validate", path, "--nodes", TOY_NODES_MODULE])
+    assert code == 1 and report["errors"][0]["code"] == "internal_error"
+    assert "Traceback" not in printed

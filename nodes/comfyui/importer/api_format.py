@@ -58,20 +58,38 @@ def is_api_prompt(data: Any) -> bool:
                     for v in data.values()))
 
 
+def _columns(nodes: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Each node's distance from the sources (a link back onto the path that reached a node
+    is ignored), walked without recursion: a chain of thousands of nodes is a valid prompt."""
+    sources = {nid: [v["from"] for v in nd["inputs"].values()
+                     if is_link(v) and isinstance(v["from"], str) and v["from"] in nodes]
+               for nid, nd in nodes.items()}
+    depth: dict[str, int] = {}
+    for root in nodes:
+        path, on_path = [root], {root}
+        pending = [iter(sources[root])] if root not in depth else []
+        while pending:
+            nid = path[-1]
+            step = next((s for s in pending[-1] if s not in on_path and s not in depth), None)
+            if step is not None:
+                path.append(step)
+                on_path.add(step)
+                pending.append(iter(sources[step]))
+                continue
+            depth[nid] = 1 + max((depth[s] for s in sources[nid] if s not in on_path),
+                                 default=-1)
+            path.pop()
+            on_path.discard(nid)
+            pending.pop()
+    return depth
+
+
 def _layout(nodes: dict[str, dict[str, Any]]) -> None:
     """Columns by distance from the sources, rows in id order within a column."""
-    depth: dict[str, int] = {}
-
-    def depth_of(nid: str, trail: frozenset[str]) -> int:
-        if nid not in depth:
-            sources = [v["from"] for v in nodes[nid]["inputs"].values()
-                       if is_link(v) and v["from"] in nodes and v["from"] not in trail]
-            depth[nid] = 1 + max((depth_of(s, trail | {nid}) for s in sources), default=-1)
-        return depth[nid]
-
+    depth = _columns(nodes)
     rows: dict[int, int] = {}
     for nid in nodes:
-        column = depth_of(nid, frozenset())
+        column = depth[nid]
         row = rows.get(column, 0)
         rows[column] = row + 1
         nodes[nid].setdefault("ui", {})["pos"] = [40 + column * COLUMN_WIDTH,

@@ -35,7 +35,13 @@ _UI_COPIED = ("color", "bgcolor")
 
 def _id_order(node_id: str) -> tuple[tuple[int, int | str], ...]:
     """Numbers by value ("2" before "10"), level by level ("5:3" after "5", before "6")."""
-    return tuple((0, int(p)) if p.lstrip("-").isdigit() else (1, p) for p in node_id.split(":"))
+    return tuple((0, int(p)) if _is_number(p) else (1, p) for p in node_id.split(":"))
+
+
+def _is_number(part: str) -> bool:
+    """What `int()` reads: ASCII digits, one optional minus ("²" is a digit to `isdigit`)."""
+    digits = part.removeprefix("-")
+    return digits.isascii() and digits.isdigit()
 
 
 def is_ui_workflow(data: Any) -> bool:
