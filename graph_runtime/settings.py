@@ -13,7 +13,7 @@ with `document_env`), so `noodle --help` can list every variable that changes be
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +25,7 @@ ENVIRONMENT: dict[str, str] = {
     "NOODLE_CACHE_CPU_BYTES": "output cache budget in RAM, e.g. 4G (default: 8G)",
     "NOODLE_CACHE_CUDA_BYTES": "output cache budget on the GPU (default: 60% of it)",
     "NOODLE_CACHE_MPS_BYTES": "output cache budget on Apple GPUs (default: 4G)",
+    "NOODLE_AUTH_TOKEN": "access token `noodle serve` requires (needed off loopback)",
 }
 
 
@@ -50,6 +51,10 @@ class Folders:
     unless set, so a run with its own output folder keeps its previews next to it.
     `model_paths_file`: a file naming more model folders; the engine only carries it, the
     node library reads it (and checks it at startup through `add_folders_check`).
+    `allowed_paths`: where nodes may read files besides the input and model folders. None
+    (a program calling the engine itself) sets no limit; a tuple confines reading to those
+    folders and these paths. The server always confines its runs (`confined`); `noodle run`
+    allows the working directory and each `--allow-path`.
     """
 
     output: Path = Path("output")
@@ -58,6 +63,7 @@ class Folders:
     user: Path = Path("user")
     temp_dir: Path | None = None
     model_paths_file: Path | None = None
+    allowed_paths: tuple[Path, ...] | None = None
 
     @property
     def temp(self) -> Path:
@@ -67,7 +73,8 @@ class Folders:
     def from_env(cls, output: Path | str | None = None, input: Path | str | None = None,
                  temp: Path | str | None = None, models: Path | str | None = None,
                  user: Path | str | None = None,
-                 model_paths_file: Path | str | None = None) -> Folders:
+                 model_paths_file: Path | str | None = None,
+                 allowed_paths: Sequence[Path | str] | None = None) -> Folders:
         """Given folders first, then the environment overrides, then the defaults."""
         temp = temp or env("NOODLE_TEMP_DIR")
         return cls(output=Path(output or "output"),
@@ -75,7 +82,9 @@ class Folders:
                    models=Path(models or env("NOODLE_MODELS_DIR") or "models"),
                    user=Path(user or "user"),
                    temp_dir=Path(temp) if temp else None,
-                   model_paths_file=Path(model_paths_file) if model_paths_file else None)
+                   model_paths_file=Path(model_paths_file) if model_paths_file else None,
+                   allowed_paths=(None if allowed_paths is None
+                                  else tuple(Path(p) for p in allowed_paths)))
 
     def with_output(self, output: Path | str) -> Folders:
         return replace(self, output=Path(output))
@@ -83,9 +92,16 @@ class Folders:
     def resolved(self) -> Folders:
         """The same folders as absolute paths (a server's working directory may change)."""
         extra = self.model_paths_file
+        allowed = self.allowed_paths
         return Folders(self.output.resolve(), self.input.resolve(), self.models.resolve(),
                        self.user.resolve(), self.temp.resolve(),
-                       extra.expanduser().resolve() if extra is not None else None)
+                       extra.expanduser().resolve() if extra is not None else None,
+                       tuple(p.resolve() for p in allowed) if allowed is not None else None)
+
+    def confined(self) -> Folders:
+        """The same folders with reading limited to them (and to any allowed paths already
+        given): what a server hands its runs, whose workflows come from anyone."""
+        return replace(self, allowed_paths=self.allowed_paths or ())
 
 
 class SettingsError(ValueError):

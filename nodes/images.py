@@ -6,7 +6,8 @@ so they sit in the ComfyUI palette and serve workflows of both kinds.
 Saved files are never overwritten: names are `prefix_00001_.png`, `prefix_00002_.png`, ...
 (ComfyUI's pattern), written through `NumberedFiles`. Folders come from the run's context:
 images are read from its input folder, saved to its output folder, previewed in its temp
-folder.
+folder. A run confined to its folders (every server run) reads images only from the
+input folder, the shipped workflows' images and the paths it allows (see `nodes.files`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from PIL import ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from graph_runtime import Choice, Folders, Int, Text, current, folders, node
-from nodes.files import NumberedFiles
+from nodes.files import NumberedFiles, UnavailableFile, may_read, spelled_safely
+from nodes.limits import require_pixels
 from nodes.types import Image, Mask
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_IMAGES = REPO_ROOT / "workflows" / "images"  # what the shipped workflows load
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -41,23 +44,38 @@ def input_choices(folders: Folders) -> list[str]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def resolve_image_path(path: str, input_dir: Path) -> Path:
-    """An absolute path, a path under the input folder, or one relative to the working
-    directory or to the project (shipped workflows refer to `workflows/images/...`)."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    for candidate in (input_dir / p, p, REPO_ROOT / p):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"image {path!r} not found in {input_dir} nor in {Path.cwd()}")
+def image_roots(folders: Folders) -> list[Path] | None:
+    """Where LoadImage may read: the input folder, the shipped workflows' images and the
+    allowed paths; None when the run sets no limit."""
+    if folders.allowed_paths is None:
+        return None
+    return [folders.input, SHIPPED_IMAGES, *folders.allowed_paths]
+
+
+def unavailable(path: str) -> UnavailableFile:
+    """The one error for an image that is absent, unreadable or not allowed."""
+    return UnavailableFile(f"LoadImage: no readable image {path!r} in the input folder")
+
+
+def resolve_image_path(path: str, folders: Folders) -> Path:
+    """A path under the input folder, an absolute path, or one relative to the working
+    directory or to the project (shipped workflows refer to `workflows/images/...`) —
+    each only where the run may read (`nodes.files.may_read`)."""
+    roots = image_roots(folders)
+    p = Path(path) if roots is not None else Path(path).expanduser()
+    if path and (roots is None or spelled_safely(path)):
+        candidates = [p] if p.is_absolute() else [folders.input / p, p, REPO_ROOT / p]
+        for candidate in candidates:
+            if may_read(candidate, roots) and candidate.is_file():
+                return candidate
+    raise unavailable(path)
 
 
 def image_fingerprint(inputs: Mapping[str, Any], folders: Folders) -> str | None:
     path = inputs.get("image")
     if not isinstance(path, str):
         return None
-    p = resolve_image_path(path, folders.input)
+    p = resolve_image_path(path, folders)
     st = p.stat()
     return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -115,14 +133,18 @@ def load_image(
     0 without transparency). The frames of an animation (of the first frame's size) become
     a batch."""
     images, masks = [], []
-    with PILImage.open(resolve_image_path(image, folders().input)) as raw:
-        frames = [raw] if raw.format == "MPO" else ImageSequence.Iterator(raw)
-        for frame in frames:
-            rgb, mask = _frame_arrays(frame)
-            if images and rgb.shape != images[0].shape:
-                continue
-            images.append(rgb)
-            masks.append(mask if mask is not None else torch.zeros(rgb.shape[:2]))
+    try:
+        with PILImage.open(resolve_image_path(image, folders())) as raw:
+            frames = [raw] if raw.format == "MPO" else ImageSequence.Iterator(raw)
+            for frame in frames:
+                rgb, mask = _frame_arrays(frame)
+                if images and rgb.shape != images[0].shape:
+                    continue
+                images.append(rgb)
+                masks.append(mask if mask is not None else torch.zeros(rgb.shape[:2]))
+    except (OSError, ValueError, SyntaxError):
+        # Permission, format or decoding trouble reads as a missing file: the same words.
+        raise unavailable(image) from None
     return Loaded(Image(torch.from_numpy(np.stack(images))), Mask(torch.stack(masks)))
 
 
@@ -271,6 +293,7 @@ def image_grid(
     names = (names + [""] * n)[:n] if any(names) else []
     cap = max(12, min(24, h // 5)) if names and c == 3 else 0
     cell_h = h + cap
+    require_pixels("ImageGrid", cols * w + (cols - 1) * gap, rows * cell_h + (rows - 1) * gap)
     grid = torch.ones(rows * cell_h + (rows - 1) * gap, cols * w + (cols - 1) * gap, c)
     for i in range(n):
         r, k = divmod(i, cols)
@@ -301,6 +324,7 @@ def resize_image(
         return images
     width = width or max(1, round(w * height / h))
     height = height or max(1, round(h * width / w))
+    require_pixels("ResizeImage", width, height, len(images.pixels))
     resample = getattr(PILImage.Resampling, method.upper())
     out = [np.asarray(to_pil(px).resize((width, height), resample), dtype=np.float32) / 255.0
            for px in images.pixels]

@@ -4,11 +4,13 @@ A `source` is a diffusers folder, a single-file checkpoint, a name under the run
 folder (`Folders.models`, default `./models`), a checkpoint name in ComfyUI's folders
 (`models/checkpoints`, an extra_model_paths.yaml) or a hub `org/name`. Each loader
 fingerprints the files the source resolves to (path, size, mtime), so editing weights on
-disk invalidates the cached models although the workflow did not change.
+disk invalidates the cached models although the workflow did not change. A server run
+reads sources only inside the model folders (see `resolve_confined`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -17,8 +19,10 @@ from typing import Annotated, Any, NamedTuple
 
 from graph_runtime import Bool, Choice, Folders, folders, node
 from nodes.diffusion import checkpoints
+from nodes.diffusion.hub import ModelNotFoundError, looks_like_repo_id, snapshot
 from nodes.diffusion.prediction_type import yaml_beside
 from nodes.diffusion.schedulers import SCHEDULER_NAMES, SCHEDULERS
+from nodes.files import may_read, spelled_safely
 from nodes.types import VAE, SchedulerSpec, TextEncoder, Tokenizer, UNet
 
 DEFAULT_MODEL = "noodle-tiny"
@@ -36,11 +40,14 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 def resolve(source: str, where: Folders | Path) -> Path:
     """The file or folder a source names: the models folder, a path, a checkpoint in the
     ComfyUI folders (models/checkpoints, the extra paths, then the embedded models), then
-    the hub cache (`org/name`). `where` may be a bare models folder."""
+    the hub cache (`org/name`). `where` may be a bare models folder. A run confined to its
+    folders (`Folders.allowed_paths`) reads paths only inside them (`resolve_confined`)."""
     # Imported here: the ComfyUI pack's own modules import this one.
     from nodes.comfyui import model_paths
 
     run_folders = where if isinstance(where, Folders) else Folders(models=where)
+    if run_folders.allowed_paths is not None:
+        return resolve_confined(source, run_folders)
     models = run_folders.models
     literal = Path(source).expanduser()
     if not literal.is_absolute() and not (models / source).exists() and not literal.exists():
@@ -49,6 +56,28 @@ def resolve(source: str, where: Folders | Path) -> Path:
         except FileNotFoundError:
             pass
     return Path(checkpoints.resolve_source(source, models))
+
+
+def resolve_confined(source: str, run_folders: Folders) -> Path:
+    """`resolve` for a run that may read only its model folders and allowed paths: a name
+    or path inside them, a checkpoint name, or a hub id. Anything else — absent, or present
+    but elsewhere — is the same `ModelNotFoundError`, so errors reveal nothing outside."""
+    from nodes.comfyui import model_paths
+
+    text = source.strip()
+    models = run_folders.models
+    if text and spelled_safely(text):
+        roots = [*model_paths.model_roots(run_folders), *(run_folders.allowed_paths or ())]
+        literal = Path(text)
+        for candidate in ([literal] if literal.is_absolute() else [models / text, literal]):
+            if may_read(candidate, roots) and candidate.exists():
+                return candidate
+        with contextlib.suppress(FileNotFoundError):
+            return model_paths.find_model("checkpoints", text, run_folders)
+        if looks_like_repo_id(text):
+            return snapshot(text)
+    raise ModelNotFoundError(f"model {source!r} not found: not a model in {models} or the "
+                             "other model folders, and not an org/name id")
 
 
 def model_choices(folders: Folders) -> list[str]:

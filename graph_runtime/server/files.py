@@ -155,7 +155,8 @@ def transcode(path: Path, preview: str | None, channel: str) -> tuple[bytes, str
         if preview:
             kind, _, rest = preview.partition(";")
             fmt = kind if kind in ("webp", "jpeg") and channel != "a" else "webp"
-            quality = int(rest) if rest.isdigit() else 90
+            digits = rest.isascii() and rest.isdigit() and len(rest) <= 3  # not "²"
+            quality = int(rest) if digits else 90
             if fmt == "jpeg":
                 img = img.convert("RGB")
         buf = io.BytesIO()

@@ -215,6 +215,18 @@ def model_dirs(kind: str, folders: Folders) -> list[Path]:
     return [folder for folder, _ in _search_dirs(kind, folders)]
 
 
+def model_roots(folders: Folders) -> list[Path]:
+    """Every folder a model may be read from: the models folder, each kind's folders
+    (extra paths included) and the bundled models. With the run's allowed paths, where a
+    confined run may read a model (`nodes.files.may_read`)."""
+    path = extra_paths_file(folders)
+    extras = read_extra_paths(path) if path is not None else ()
+    roots = [folders.models, BUNDLED_MODELS]
+    for kind in dict.fromkeys([*FOLDER_KINDS, *(e.kind for e in extras)]):
+        roots += [d for d in model_dirs(kind, folders) if d not in roots]
+    return roots
+
+
 def _extensions(kind: str) -> frozenset[str]:
     return CONFIG_EXTENSIONS if canonical_kind(kind) == "configs" else MODEL_EXTENSIONS
 

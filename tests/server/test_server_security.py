@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import struct
+import time
+import uuid
 import zlib
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import pytest
 from PIL import Image
 
-from graph_runtime import Folders
+from graph_runtime import Float, Folders, Registry, current, node
 from graph_runtime.executor import Executor
 from graph_runtime.server import create_app
+from graph_runtime.server.app import HUB_KEY
+from graph_runtime.server.hub import (
+    CLOSE_BAD_CLIENT_ID,
+    CLOSE_TOO_SLOW,
+    InvalidClientId,
+    check_client_id,
+)
 from graph_runtime.server.security import is_loopback_name, split_host
-from tests.support.toy_nodes import CANVAS, toy_registry
+from tests.support.comfy_api import gradient_prompt
+from tests.support.toy_nodes import CANVAS, image_workflow, toy_registry
+from tests.support.workflows import link, workflow_dict
 
 
 def png_bytes(size: tuple[int, int] = (4, 3), colour: str = "red") -> bytes:
@@ -241,3 +253,135 @@ async def test_upload_needs_multipart_and_field(client: Any) -> None:
 def test_bomb_fixture_is_a_real_png_header() -> None:
     with Image.open(io.BytesIO(bomb_png(300, 200))) as img:
         assert img.size == (300, 200)
+
+
+# ------------------------------------------------------------------ websocket and client ids
+@pytest.mark.parametrize("value,ok", [
+    (None, True), ("", True), ("c1", True), (str(uuid.uuid4()), True), ("x" * 128, True),
+    ("a.b:c~d_e-f", True), ("x" * 129, False), ("sp ace", False), ("é", False),
+    ("a/b", False), ("<script>", False), (12, False), (["c1"], False)])
+def test_one_client_id_rule(value: Any, ok: bool) -> None:
+    if ok:
+        assert check_client_id(value) == (value or None)
+    else:
+        with pytest.raises(InvalidClientId):
+            check_client_id(value)
+
+
+@pytest.mark.parametrize("bad", ["x" * 129, "has space", 7])
+@pytest.mark.asyncio
+async def test_bad_client_ids_are_refused_by_both_apis(client: Any, bad: Any) -> None:
+    resp = await client.post("/api/prompt", json={"workflow": image_workflow(),
+                                                  "client_id": bad})
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["code"] == "invalid_client_id"
+    resp = await client.post("/prompt", json={"prompt": gradient_prompt(), "client_id": bad})
+    assert resp.status == 400
+    assert "client_id" in (await resp.json())["error"]["details"]
+    assert (await (await client.get("/api/queue")).json())["pending"] == []
+
+
+@pytest.mark.parametrize("query", ["client_id=" + "x" * 129, "clientId=" + "y" * 129,
+                                   "client_id=a%20b"])
+@pytest.mark.asyncio
+async def test_bad_client_id_socket_is_closed_with_a_code(client: Any, query: str) -> None:
+    ws = await client.ws_connect(f"/ws?{query}")
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == CLOSE_BAD_CLIENT_ID
+    assert "client_id" in msg.extra
+
+
+@pytest.mark.asyncio
+async def test_a_client_too_far_behind_is_closed_not_starved(client: Any, app: Any) -> None:
+    hub = app[HUB_KEY]
+    hub.outbox_limit = 5
+    slow = await client.ws_connect("/ws?client_id=slow")
+    fast = await client.ws_connect("/ws?client_id=fast")
+    for ws in (slow, fast):
+        assert (await ws.receive_json(timeout=5))["type"] == "status"
+    for i in range(50):  # one burst: the sender cannot drain it in between
+        hub.publish({"type": "tick", "data": {"i": i}}, "slow")
+    for i in range(3):
+        hub.publish({"type": "tick", "data": {"i": i}}, "fast")
+    got = []
+    while (msg := await slow.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+        got.append(msg.json()["data"]["i"])
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == CLOSE_TOO_SLOW
+    assert "behind" in msg.extra
+    assert got == list(range(len(got))) and len(got) <= 5  # in order, then closed
+    assert [(await fast.receive_json(timeout=5))["data"]["i"] for _ in range(3)] == [0, 1, 2]
+    assert hub.evictions == 1 and hub.connected() == ["fast"]
+    await fast.close()
+
+
+# ------------------------------------------------------------------ isolation during a run
+def spin_registry() -> Registry:
+    """The canvas toys plus `Spin`: pure-Python work for a while, checking for interrupt."""
+    reg = toy_registry(CANVAS)
+
+    @node("Spin", registry=reg, output_node=True)
+    def spin(seconds: Annotated[float, Float(min=0.0, max=60.0)] = 1.0) -> None:
+        """Busy for `seconds`."""
+        ctx = current()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            sum(i * i for i in range(2000))
+            if ctx is not None:
+                ctx.check_interrupt()
+
+    return reg
+
+
+async def timed(call: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    resp = await call
+    await resp.read()
+    return time.perf_counter() - start, resp
+
+
+@pytest.mark.asyncio
+async def test_queue_and_interrupt_answer_during_a_long_run(aiohttp_client: Any,
+                                                            run_folders: Folders) -> None:
+    c = await aiohttp_client(create_app(Executor(spin_registry(), folders=run_folders)))
+    wf = workflow_dict({"1": ("Spin", {"seconds": 30.0})})
+    pid = (await (await c.post("/api/prompt", json={"workflow": wf})).json())["prompt_id"]
+    while not (await (await c.get("/api/queue")).json())["running"]:
+        await asyncio.sleep(0.02)
+    waits = []
+    for _ in range(10):
+        seconds, resp = await timed(c.get("/api/queue"))
+        assert resp.status == 200
+        waits.append(seconds)
+        await asyncio.sleep(0.05)
+    seconds, resp = await timed(c.post("/api/interrupt"))
+    assert (await resp.json())["interrupted"] == pid
+    assert max(waits) < 0.2 and seconds < 0.2, (waits, seconds)
+    for _ in range(200):
+        entry = await c.get(f"/api/history/{pid}")
+        if entry.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert (await entry.json())["status"] == "interrupted"
+
+
+@pytest.mark.asyncio
+async def test_a_huge_power_is_refused_without_freezing(aiohttp_client: Any,
+                                                        run_folders: Folders) -> None:
+    import nodes  # noqa: F401 - registers IntMath
+    from graph_runtime.registry import REGISTRY
+
+    c = await aiohttp_client(create_app(Executor(REGISTRY, folders=run_folders)))
+    wf = workflow_dict({"1": ("IntMath", {"a": 7, "b": 10**9, "operation": "power"}),
+                        "2": ("ShowNumber", {"value": link("1", "value")})})
+    resp = await c.post("/api/prompt", json={"workflow": wf})
+    assert resp.status == 200, await resp.text()
+    pid = (await resp.json())["prompt_id"]
+    for _ in range(100):
+        seconds, queue = await timed(c.get("/api/queue"))
+        assert seconds < 0.2
+        entry = await c.get(f"/api/history/{pid}")
+        if entry.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    body = await entry.json()
+    assert body["status"] == "error" and "bits" in body["error"]["message"]
