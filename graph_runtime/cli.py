@@ -3,17 +3,24 @@
 These flags are a contract that shipped workflows, docs and checks rely on:
 
     noodle run FILE [--set NODE.INPUT=VALUE]... [--output-dir DIR] [--target NODE]... [--json]
-        [--extra-model-paths FILE]
+        [--extra-model-paths FILE] [--allow-path DIR]...
     noodle validate FILE [--set ...]... [--target ...]... [--json]
     noodle nodes [--json]
     noodle import FILE [-o OUT]
     noodle serve [--host HOST] [--port PORT] [--output-dir DIR] [--extra-model-paths FILE]
+        [--auth-token TOKEN] [--state-db FILE] [--requeue-interrupted]
 
 Exit codes: 0 success, 1 a node failed or the run was interrupted, 2 the workflow is
 invalid (or unreadable), or so is a setting (a missing or malformed model paths file).
 With `--json`, `run` prints one JSON object per event per line (the last is
 `run_finished`; preview images are replaced by null) and an invalid workflow prints one
 `{"type": "invalid", "ok": false, "errors": [...]}` line.
+
+A command never ends in a traceback. When it stops on bad input (exit 2) or on an error of
+its own (exit 1, code `internal_error`), its last line is one JSON object
+`{"ok": false, "errors": [{"node", "input", "code", "message"}, ...]}` (`run` adds
+`"type": "invalid"` or `"type": "internal_error"`): on stdout with `--json`, else on stderr
+after the readable report.
 
 FILE may be a workflow in any format the node library can import (its importers register
 with `graph_runtime.workflow`), JSON or a PNG that carries one; `import` writes it out as a
@@ -58,13 +65,39 @@ def load_node_library(spec: str | None) -> list[str]:
     names = [s.strip() for s in (spec or env("NOODLE_NODES") or "nodes").split(",")]
     names = [n for n in names if n]
     for name in names:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise SettingsError(f"cannot import the node library {name!r}: {exc}") from exc
     return names
 
 
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+def _print_json(obj: Any, stream: Any = None) -> None:
+    """One JSON line; escaped to ASCII if the stream cannot take the text (a lone surrogate
+    from a command-line argument, a terminal that is not UTF-8)."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        stream.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+    except UnicodeEncodeError:
+        stream.write(json.dumps(obj, default=str) + "\n")
+    stream.flush()
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"node": None, "input": None, "code": code, "message": message}
+
+
+def _fail(args: argparse.Namespace, exit_code: int, error: dict[str, Any]) -> int:
+    """End a command that cannot go on, with the JSON line the module docstring promises."""
+    kind = "invalid" if exit_code == EXIT_INVALID else "internal_error"
+    as_json = bool(getattr(args, "json", False))
+    if not as_json:
+        print(f"noodle {args.command}: {error['message']}", file=sys.stderr)
+    report: dict[str, Any] = {"ok": False, "errors": [error]}
+    if args.command == "run":
+        report = {"type": kind, **report}
+    _print_json(report, sys.stdout if as_json else sys.stderr)
+    return exit_code
 
 
 def _format_error(err: dict[str, Any]) -> str:
@@ -84,6 +117,7 @@ def _report_invalid(errors: list[dict[str, Any]], as_json: bool) -> int:
         print(f"invalid workflow ({len(errors)} error(s)):", file=sys.stderr)
         for err in errors:
             print("  " + _format_error(err), file=sys.stderr)
+        _print_json({"ok": False, "errors": errors}, sys.stderr)
     return EXIT_INVALID
 
 
@@ -172,9 +206,12 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
         budgets["cpu"] = parse_bytes(args.cache_cpu_bytes)
     if getattr(args, "cache_cuda_bytes", None):
         budgets["cuda"] = parse_bytes(args.cache_cuda_bytes)
+    allowed = getattr(args, "allow_path", None)
     folders = Folders.from_env(output=getattr(args, "output_dir", None),
                                models=getattr(args, "models_dir", None),
-                               model_paths_file=getattr(args, "extra_model_paths", None))
+                               model_paths_file=getattr(args, "extra_model_paths", None),
+                               allowed_paths=(None if allowed is None
+                                              else [Path.cwd(), *allowed]))
     check_folders(folders)
     return Executor(REGISTRY, OutputCache(budgets), folders)
 
@@ -251,8 +288,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         wf = load_workflow_file(Path(args.file), REGISTRY)
     except WorkflowFormatError as exc:
-        print(f"noodle import: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _fail(args, EXIT_INVALID, _error("invalid_file", str(exc)))
     problems = validate(wf, REGISTRY, folders=Folders.from_env())
     if args.output:
         Path(args.output).write_text(dumps(wf), encoding="utf-8")
@@ -270,7 +306,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Start the web server; imported lazily so headless use never loads aiohttp."""
     load_node_library(args.nodes)
     server = importlib.import_module("graph_runtime.server")
-    server.serve(executor_from_args(args), host=args.host, port=args.port)
+    token = args.auth_token or env("NOODLE_AUTH_TOKEN")
+    server.serve(executor_from_args(args), host=args.host, port=args.port,
+                 **({"auth_token": token} if token else {}),
+                 state_db=args.state_db, requeue_interrupted=args.requeue_interrupted)
     return EXIT_OK
 
 
@@ -306,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common, cache, wfargs, paths], help="run a workflow")
     run.add_argument("--output-dir", default="output", help="where files go (default: output)")
+    run.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                     help="a folder (or file) nodes may read besides the input and model "
+                          "folders and the working directory (repeatable)")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", parents=[common, wfargs], help="check a workflow")
     val.set_defaults(func=cmd_validate)
@@ -324,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--output-dir", default="output")
     serve.add_argument("--models-dir", default=None,
                        help="models folder (default: $NOODLE_MODELS_DIR or models/)")
+    serve.add_argument("--auth-token", default=None, metavar="TOKEN",
+                       help="require this token (bearer header or the /login page); needed "
+                            "off loopback (default: $NOODLE_AUTH_TOKEN)")
+    serve.add_argument("--state-db", default=None, metavar="FILE",
+                       help="SQLite file keeping the queue and history across restarts "
+                            "(default: user/queue.sqlite3; :memory: keeps nothing)")
+    serve.add_argument("--requeue-interrupted", action="store_true",
+                       help="run again a prompt that was running when the server stopped "
+                            "(default: record it in the history as interrupted)")
     serve.set_defaults(func=cmd_serve)
     return parser
 
@@ -338,13 +389,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SettingsError as exc:
-        print(f"noodle {args.command}: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _fail(args, EXIT_INVALID, _error("invalid_setting", str(exc)))
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
+    except OSError as exc:  # a file named on the command line that cannot be written
+        return _fail(args, EXIT_INVALID, _error("os_error", f"{exc.strerror or exc}: "
+                                                             f"{exc.filename or ''}".rstrip(": ")))
+    except Exception as exc:  # noqa: BLE001 - reported as JSON, never as a traceback
+        return _fail(args, EXIT_FAILED, _error("internal_error", f"{type(exc).__name__}: {exc}"))
 
 
 if __name__ == "__main__":

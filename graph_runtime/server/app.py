@@ -10,13 +10,15 @@ message}]}` with a 4xx status, the same shape validation uses):
     GET    /api/queue              {running: [...], pending: [...]}
     DELETE /api/queue/{id}         drop a pending prompt, or interrupt it if it is running
     POST   /api/interrupt          interrupt the running prompt
-    GET    /api/history            [entry, ...] oldest first;  GET /api/history/{id}: one entry
+    GET    /api/history            ?limit=&offset= a page of [entry, ...] oldest first (default:
+                                   the newest 100);  GET /api/history/{id}: one entry
     GET    /api/view               ?filename=&type=output|input|temp&subfolder=
     POST   /api/upload/image       multipart field "image" -> {name, subfolder, type: "input"}
     GET    /api/workflows          {"workflows": [{name, source: user|shipped, description}]}
     GET    /api/workflows/{name}   PUT (save to the user folder), DELETE (user folder only)
     POST   /api/workflows/import   body: a file in any importable format -> {workflow, format}
     GET    /ws?client_id=          events, see `hub` and `prompt_queue`
+    GET    /login, POST /login, POST /logout   only with an access token, see `auth`
 
 ComfyUI's API is served beside ours, at its bare paths and under `/api/` (see `comfy`);
 where a path is in both, one handler tells the two apart by the request.
@@ -34,11 +36,14 @@ from aiohttp import web
 
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
+from graph_runtime.server import auth
 from graph_runtime.server.comfy.routes import ComfyApi, Handler, Route
 from graph_runtime.server.files import MAX_UPLOAD_BYTES, upload_handler, view_handler
-from graph_runtime.server.hub import Hub
+from graph_runtime.server.history import our_history, our_history_one
+from graph_runtime.server.hub import Hub, InvalidClientId, check_client_id
+from graph_runtime.server.limits import body_limits_middleware
 from graph_runtime.server.prompt_queue import PromptQueue
-from graph_runtime.server.responses import dumps, error_response, errors_response
+from graph_runtime.server.responses import error_response, errors_response
 from graph_runtime.server.security import is_loopback_bind, security_middleware
 from graph_runtime.server.workflows import WorkflowStore, import_handler
 from graph_runtime.workflow import WorkflowFormatError, from_dict
@@ -79,9 +84,10 @@ class Api:
         if not isinstance(body, dict) or "workflow" not in body:
             return error_response(400, "invalid_request",
                                   "expected {\"workflow\": ..., \"client_id\": ...}")
-        client_id = body.get("client_id")
-        if client_id is not None and not isinstance(client_id, str):
-            return error_response(400, "invalid_request", "client_id must be a string")
+        try:
+            client_id = check_client_id(body.get("client_id"))
+        except InvalidClientId as exc:
+            return error_response(400, "invalid_client_id", str(exc))
         try:
             wf = from_dict(body["workflow"])
         except WorkflowFormatError as exc:
@@ -89,7 +95,7 @@ class Api:
         errors = validate(wf, self.registry, folders=self.executor.folders)
         if errors:
             return errors_response(errors)
-        item = self.queue.put(wf.copy(), client_id or None)
+        item = self.queue.put(wf.copy(), client_id)
         return web.json_response({"prompt_id": item.prompt_id, "number": item.number})
 
     async def get_queue(self, request: web.Request) -> web.Response:
@@ -115,14 +121,11 @@ class Api:
                 target = str(body["prompt_id"])
         return web.json_response({"interrupted": self.queue.interrupt(target)})
 
-    async def history(self, request: web.Request) -> web.Response:
-        return web.json_response(self.queue.history(), dumps=dumps)
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        return await our_history(request, self.queue)
 
     async def history_one(self, request: web.Request) -> web.Response:
-        entry = self.queue.history_entry(request.match_info["prompt_id"])
-        if entry is None:
-            return error_response(404, "not_found", "no such prompt in the history")
-        return web.json_response(entry, dumps=dumps)
+        return await our_history_one(request, self.queue)
 
     # ------------------------------------------------------------------ lifecycle
     async def on_startup(self, app: web.Application) -> None:
@@ -161,17 +164,30 @@ class Api:
 
 def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
                bind_host: str = "127.0.0.1", web_dir: Path | str = WEB_DIR,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES) -> web.Application:
+               max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               auth_token: str | None = None, state_db: Path | str | None = None,
+               requeue_interrupted: bool = False) -> web.Application:
     """Build the application around `executor`, whose folders it serves and fills.
     `bind_host` decides the DNS-rebinding guard: on a loopback address only loopback
-    `Host` headers are answered. `workflows_dir` holds the shipped, read-only workflows."""
-    folders = executor.folders
+    `Host` headers are answered. `workflows_dir` holds the shipped, read-only workflows.
+    `auth_token`: every request must carry it (see `auth`). `state_db`: the SQLite file
+    that keeps the queue and history across restarts (default `queue.sqlite3` in the user
+    folder; ":memory:" keeps nothing); `requeue_interrupted` runs again a prompt that was
+    running when the server stopped, instead of recording it as interrupted."""
+    # Workflows come from anyone who can reach the server: nodes read only its folders.
+    executor.folders = folders = executor.folders.confined()
     for folder in (folders.output, folders.input, folders.temp):
         folder.mkdir(parents=True, exist_ok=True)
     app = web.Application(middlewares=[security_middleware(is_loopback_bind(bind_host))],
                           client_max_size=max_upload_bytes + 2**20)
+    if auth_token is not None:
+        auth.install(app, auth_token)
+    app.middlewares.append(body_limits_middleware())  # after the guards: see `limits`
     hub = Hub()
-    queue = PromptQueue(executor, hub.publish_threadsafe)
+    queue = PromptQueue(executor, hub.publish_threadsafe,
+                        state_db=state_db if state_db is not None
+                        else folders.user / "queue.sqlite3",
+                        requeue_interrupted=requeue_interrupted)
     hub.greeting = queue.status
     app[HUB_KEY] = hub
     app[QUEUE_KEY] = queue

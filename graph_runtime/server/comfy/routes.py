@@ -5,8 +5,9 @@ Every route is served at its bare path (what ComfyUI's Python clients call) and 
 handler serves both, telling them apart by the request (see `shared` and docs/http-api.md):
 POST /api/prompt by body (`{"prompt": ...}` is ComfyUI's, `{"workflow": ...}` ours);
 GET /api/queue answers with both shapes at once; GET /api/history is ComfyUI's when paged
-(`max_items`/`offset`, which its front end always sends) and ours otherwise;
-GET /api/history/{id} follows the route the prompt came in by.
+its way (`max_items`, or `offset` without our `limit`; its front end always sends
+`max_items`) and ours otherwise; GET /api/history/{id} follows the route the prompt came in
+by. History responses are read and encoded off the event loop, a page at a time.
 
 Model lists and embeddings are the node library's knowledge: they come from the
 registry's "model_folders" and "embeddings" providers, so the engine stays generic.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,9 @@ from graph_runtime.server.comfy.object_info import object_info
 from graph_runtime.server.comfy.system import features, system_stats
 from graph_runtime.server.comfy.uploads import upload_handler
 from graph_runtime.server.comfy.validation import PromptRejected, check_prompt, reason
-from graph_runtime.server.hub import MAX_CLIENT_ID, Hub
-from graph_runtime.server.prompt_queue import DuplicatePrompt, PromptQueue
+from graph_runtime.server.history import our_history_one, read_record, stream_history
+from graph_runtime.server.hub import Hub, InvalidClientId, check_client_id
+from graph_runtime.server.prompt_queue import DuplicatePrompt, HistoryRecord, PromptQueue
 from graph_runtime.server.responses import dumps
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -96,14 +99,19 @@ class ComfyApi:
             return rejected(reason("invalid_prompt", "extra_data must be an object"))
         try:
             number = float(body["number"]) if "number" in body else None
-        except (TypeError, ValueError):
-            return rejected(reason("invalid_prompt", "number must be a number",
-                                   repr(body["number"])))
+            if number is not None and not math.isfinite(number):
+                raise ValueError("not finite")
+        except (TypeError, ValueError, OverflowError):
+            return rejected(reason("invalid_prompt", "number must be a finite number",
+                                   repr(body["number"])[:100]))
         extra = {k: v for k, v in copy.deepcopy(extra).items()
                  if k not in shapes.SENSITIVE_EXTRA}
-        client_id = body.get("client_id")
+        try:
+            client_id = check_client_id(body.get("client_id"))
+        except InvalidClientId as exc:
+            return rejected(reason("invalid_prompt", "Invalid client_id", str(exc)))
         if client_id is not None:
-            client_id = extra["client_id"] = str(client_id)[:MAX_CLIENT_ID]
+            extra["client_id"] = client_id
         targets = body.get("partial_execution_targets")
         prompt = body["prompt"]
         try:
@@ -112,12 +120,8 @@ class ComfyApi:
                                            _ids(targets) if targets is not None else None)
         except PromptRejected as exc:
             return rejected(exc.error, exc.node_errors)
-        pnginfo = extra.get("extra_pnginfo")
-        checked.workflow.extra[shapes.COMFY] = {
-            "prompt": copy.deepcopy(prompt),
-            "extra_pnginfo": pnginfo if isinstance(pnginfo, dict) else {}}
-        meta = {shapes.COMFY: {"prompt": copy.deepcopy(prompt), "extra_data": extra,
-                               "outputs": checked.outputs}}
+        meta = {shapes.COMFY: shapes.keep_submitted(checked.workflow, prompt, extra,
+                                                    checked.outputs)}
         prompt_id = body.get("prompt_id")
         try:
             item = self.queue.put(checked.workflow, client_id, meta=meta,
@@ -166,26 +170,33 @@ class ComfyApi:
         return web.Response(status=200)
 
     # ------------------------------------------------------------------ history
-    async def history(self, request: web.Request) -> web.Response:
+    def _history_member(self, record: HistoryRecord) -> str:
+        """`"prompt_id": entry`, one member of `GET /history`'s object."""
+        return (dumps(record.prompt.prompt_id) + ":"
+                + dumps(shapes.history_entry(record, self.registry)))
+
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        """Oldest first, streamed a page at a time (see `history`), as ComfyUI pages it."""
         def number(key: str) -> int | None:
             try:
                 return int(request.query[key])
             except (KeyError, ValueError):
                 return None
 
-        offset = number("offset")
-        data = shapes.history(self.queue.history_records(), self.registry,
-                              max_items=number("max_items"),
-                              offset=offset if offset is not None else -1)
-        return web.json_response(data, dumps=dumps)
+        offset, limit = shapes.history_page(self.queue.history_count(), number("max_items"),
+                                            number("offset"))
+        return await stream_history(request, self.queue, offset, limit,
+                                    self._history_member, brackets="{}")
 
-    async def history_one(self, request: web.Request) -> web.Response:
-        pid = request.match_info["prompt_id"]
-        record = next((r for r in self.queue.history_records() if r.item.prompt_id == pid), None)
+    async def history_one(self, request: web.Request,
+                          record: HistoryRecord | None = None) -> web.Response:
+        """`{prompt_id: entry}`, or `{}` while unknown. `record` when already read."""
+        if record is None:
+            record = await read_record(self.queue, request.match_info["prompt_id"])
         if record is None:
             return web.json_response({})
-        return web.json_response({pid: shapes.history_entry(record, self.registry)},
-                                 dumps=dumps)
+        member = await self._off_loop(self._history_member, record)
+        return web.Response(text="{" + member + "}", content_type="application/json")
 
     async def post_history(self, request: web.Request) -> web.Response:
         body = await _json_or_none(request)
@@ -251,7 +262,6 @@ class ComfyApi:
         """Handlers for the `/api/` paths both APIs have, given our own handlers there."""
         our_prompt = ours[("POST", "/api/prompt")]
         our_history = ours[("GET", "/api/history")]
-        our_history_one = ours[("GET", "/api/history/{prompt_id}")]
 
         async def prompt(request: web.Request) -> web.StreamResponse:
             try:
@@ -267,17 +277,16 @@ class ComfyApi:
             return web.json_response(both, dumps=dumps)
 
         async def history(request: web.Request) -> web.StreamResponse:
-            if "max_items" in request.query or "offset" in request.query:
+            query = request.query
+            if "limit" not in query and ("max_items" in query or "offset" in query):
                 return await self.history(request)
             return await our_history(request)
 
         async def history_one(request: web.Request) -> web.StreamResponse:
-            pid = request.match_info["prompt_id"]
-            record = next((r for r in self.queue.history_records()
-                           if r.item.prompt_id == pid), None)
-            if record is not None and "prompt" in shapes.comfy_meta(record.item):
-                return await self.history_one(request)
-            return await our_history_one(request)
+            record = await read_record(self.queue, request.match_info["prompt_id"])
+            if record is not None and shapes.sent_by_comfyui(record.prompt.meta):
+                return await self.history_one(request, record)
+            return await our_history_one(request, self.queue, record)
 
         return {("POST", "/api/prompt"): prompt, ("GET", "/api/queue"): queue,
                 ("GET", "/api/history"): history,
