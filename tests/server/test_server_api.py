@@ -11,6 +11,7 @@ from graph_runtime import Choice, Folders, Registry, SocketType, node
 from graph_runtime.executor import Executor
 from graph_runtime.server import create_app
 from graph_runtime.server.app import QUEUE_KEY
+from tests.support.noodle_api import wait_history
 from tests.support.toy_nodes import image_workflow
 from tests.support.workflows import add_nodes, link, workflow_dict
 
@@ -19,17 +20,6 @@ pytestmark = pytest.mark.asyncio
 
 class Unet:
     __socket__ = "UNET"
-
-
-async def wait_history(client: Any, prompt_id: str, timeout: float = 20.0) -> dict:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        resp = await client.get(f"/api/history/{prompt_id}")
-        if resp.status == 200:
-            return await resp.json()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"prompt {prompt_id} did not finish")
 
 
 async def test_index_serves_canvas_with_csp(client: Any) -> None:

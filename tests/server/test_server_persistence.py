@@ -31,20 +31,11 @@ from graph_runtime.workflow import from_dict
 from tests.support.comfy_api import comfy_app, gradient_prompt
 from tests.support.comfy_api import wait_history as wait_comfy
 from tests.support.command import NOODLE, TOY_NODES_MODULE, noodle_env
+from tests.support.noodle_api import wait_history
 from tests.support.toy_nodes import image_workflow
 from tests.support.workflows import link, workflow_dict
 
 STATE = "user/queue.sqlite3"  # where comfy_app's server keeps its state by default
-
-
-async def wait_ours(client: Any, prompt_id: str, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = await client.get(f"/api/history/{prompt_id}")
-        if resp.status == 200:
-            return await resp.json()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"prompt {prompt_id} did not finish")
 
 
 async def post(client: Any, workflow: dict[str, Any], **body: Any) -> str:
@@ -70,7 +61,7 @@ async def test_history_survives_a_restart_with_outputs(aiohttp_client: Any,
     resp = await client.post("/prompt", json={"prompt": prompt, "client_id": "c",
                                               "extra_data": {"extra_pnginfo": pnginfo}})
     theirs = (await resp.json())["prompt_id"]
-    before = {pid: await wait_ours(client, pid) for pid in (ok, bad)}
+    before = {pid: await wait_history(client, pid) for pid in (ok, bad)}
     comfy_before = await wait_comfy(client, theirs)
     await client.close()
 
@@ -115,7 +106,7 @@ async def test_restart_runs_pending_and_records_the_interrupted_one(aiohttp_clie
                                                                     tmp_path: Path) -> None:
     ids = _crashed_state(tmp_path / STATE, [1, 2, 3, 4])
     client = await aiohttp_client(comfy_app(tmp_path))
-    entries = [await wait_ours(client, pid) for pid in ids]
+    entries = [await wait_history(client, pid) for pid in ids]
     first = entries[0]
     assert first["status"] == "interrupted" and first["error"]["message"] == STOPPED_MESSAGE
     assert [e["status"] for e in entries[1:]] == ["success"] * 3
@@ -137,7 +128,7 @@ async def test_restart_can_run_the_interrupted_one_again(aiohttp_client: Any,
     app = comfy_app(tmp_path)
     app[QUEUE_KEY].requeue_interrupted = True
     client = await aiohttp_client(app)
-    entries = [await wait_ours(client, pid) for pid in ids]
+    entries = [await wait_history(client, pid) for pid in ids]
     assert [e["status"] for e in entries] == ["success", "success"]
     assert entries[0]["finished_at"] <= entries[1]["finished_at"]
 
@@ -153,8 +144,8 @@ async def test_a_stop_keeps_pending_prompts_for_the_next_start(aiohttp_client: A
     await client.close()  # a clean stop interrupts the running prompt
 
     client = await aiohttp_client(comfy_app(tmp_path))
-    assert (await wait_ours(client, slow))["status"] == "interrupted"
-    assert [(await wait_ours(client, pid))["status"] for pid in waiting] == ["success"] * 2
+    assert (await wait_history(client, slow))["status"] == "interrupted"
+    assert [(await wait_history(client, pid))["status"] for pid in waiting] == ["success"] * 2
 
 
 @pytest.mark.asyncio
@@ -164,7 +155,7 @@ async def test_history_is_paged(aiohttp_client: Any, tmp_path: Path,
     client = await aiohttp_client(comfy_app(tmp_path))
     ids = [await post(client, quick(v)) for v in range(5)]
     for pid in ids:
-        await wait_ours(client, pid)
+        await wait_history(client, pid)
 
     async def ours(query: str) -> list[str]:
         resp = await client.get("/api/history" + query)
@@ -214,7 +205,7 @@ async def test_each_workflow_is_stored_once(aiohttp_client: Any, tmp_path: Path)
         theirs.append((await resp.json())["prompt_id"])
     ours = [await post(client, quick(3)) for _ in range(3)]
     for pid in ours:
-        await wait_ours(client, pid)
+        await wait_history(client, pid)
     for pid in theirs:
         await wait_comfy(client, pid)
     await client.post("/history", json={"delete": ours[:2]})
