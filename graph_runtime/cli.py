@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from graph_runtime.cache import OutputCache, budgets_from_env, parse_bytes
+from graph_runtime.console import ConsoleReporter
 from graph_runtime.executor import Executor, RunResult, WorkflowInvalid
 from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
@@ -131,53 +132,6 @@ def _load(args: argparse.Namespace) -> tuple[Workflow | None, list[dict[str, Any
 
 
 # ---------------------------------------------------------------------------- run
-class _ConsoleReporter:
-    """Human output for headless runs: one line per node, a tqdm bar per node's steps."""
-
-    def __init__(self, total: int = 0) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self._bar: Any = None
-        self._index = 0
-        self._total = total
-
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        write = self._tqdm.write
-        if kind == "run_started":
-            self._total = len(event["nodes"])
-        elif kind == "node_started":
-            self._index += 1
-        elif kind == "node_cached":
-            self._index += 1
-            write(f"[{self._index}/{self._total}] {event['node_type']} #{event['node']}: cached",
-                  file=sys.stderr)
-        elif kind == "progress":
-            if self._bar is None:
-                self._bar = self._tqdm(total=event["total"], file=sys.stderr, leave=False,
-                                       desc=f"{event['node_type']} #{event['node']}")
-            self._bar.total = event["total"]
-            self._bar.update(event["step"] - self._bar.n)
-        elif kind == "node_finished":
-            self._close_bar()
-            write(f"[{self._index}/{self._total}] {event['node_type']} #{event['node']}: "
-                  f"{event['seconds']:.2f}s", file=sys.stderr)
-        elif kind == "error":
-            self._close_bar()
-            write(f"error in {event['node_type']} #{event['node']}: "
-                  f"{event['exception_type']}: {event['message']}\n{event['traceback']}",
-                  file=sys.stderr)
-        elif kind == "interrupted":
-            self._close_bar()
-            write(f"interrupted at node #{event['node']}", file=sys.stderr)
-
-
 def _json_event(event: dict[str, Any]) -> None:
     if "preview" in event:
         event = {**event, "preview": None}
@@ -227,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert wf is not None
     interrupt = threading.Event()
     _install_sigint(interrupt)
-    on_event = _json_event if args.json else _ConsoleReporter()
+    on_event = _json_event if args.json else ConsoleReporter()
     try:
         result: RunResult = executor.run(wf, targets=args.target or None, on_event=on_event,
                                          interrupt=interrupt)

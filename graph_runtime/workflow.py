@@ -20,14 +20,14 @@ format has an importer opens like a file. The engine itself knows no format but 
 from __future__ import annotations
 
 import json
-import math
-import re
 import struct
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from graph_runtime.strict_json import parse_json
 
 if TYPE_CHECKING:
     from graph_runtime.registry import Registry
@@ -36,9 +36,6 @@ FORMAT = "noodle.workflow"
 VERSION = 1
 _KNOWN_TOP = frozenset({"format", "version", "name", "description", "nodes", "ui"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Far deeper than any workflow (a ComfyUI prompt with its UI graph is about 10 levels), and
-# far from Python's recursion limit, which copying or writing a document would reach.
-MAX_JSON_DEPTH = 64
 
 
 class WorkflowFormatError(ValueError):
@@ -89,55 +86,6 @@ class Workflow:
 
 def _json_where(exc: json.JSONDecodeError) -> str:
     return f"line {exc.lineno} column {exc.colno}"
-
-
-# ---------------------------------------------------------------------------- strict JSON
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is too large")
-    return value
-
-
-def _check_depth(data: Any, max_depth: int) -> None:
-    """Walk the containers without recursion; the document's top level is depth 1."""
-    stack = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > max_depth:
-            raise ValueError(f"nested more than {max_depth} levels deep")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-
-
-def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """JSON as RFC 8259 defines it, for documents from outside: no NaN or Infinity (nor
-    numbers too large for a float), no lone surrogate escapes (text that cannot be written
-    out as UTF-8 again), at most `max_depth` levels of nesting. Python's own parser accepts
-    all of these, and each one breaks something later: a browser's JSON, a file or
-    database write, or a copy that runs out of stack. Raises ValueError saying which
-    (json.JSONDecodeError, with the position, for bad syntax)."""
-    if not isinstance(text, str):
-        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
-    try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError(f"nested more than {max_depth} levels deep") from None
-    if text.count("[") + text.count("{") > max_depth:  # else it cannot be too deep
-        _check_depth(data, max_depth)
-    if _SURROGATE_ESCAPE.search(text):  # rare: check exactly
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("a string holds a lone UTF-16 surrogate escape") from None
-    return data
 
 
 def _parse_document(text: str | bytes, where: str) -> Any:

@@ -7,7 +7,7 @@ One middleware, inside the security guard, so no handler has to remember:
   `POST /api/workflows/import` (a PNG carrying a workflow may be a large picture); the
   multipart upload routes stream their parts against their own limit and are left alone;
 * a body that opens a JSON object or array must be strict JSON (see
-  `workflow.parse_json`: no NaN, no lone surrogates, at most 64 levels deep), else 400 with
+  `strict_json.parse_json`: no NaN, no lone surrogates, at most 64 levels deep), else 400 with
   code `invalid_json` or `too_deep` — before a handler parses it with the standard library,
   which would accept NaN and recurse until it fails. Other bodies (a login form, a bare
   number) reach their handler, which refuses what is not an object it expects;
@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from graph_runtime.server.responses import error_response
-from graph_runtime.workflow import parse_json
+from graph_runtime.strict_json import parse_json
 
 log = logging.getLogger("noodle.server")
 

@@ -12,13 +12,12 @@ import pytest
 
 from graph_runtime import Float, Int, Registry, Text, node
 from graph_runtime.graph import build_graph, natural_key, plan, validate
+from graph_runtime.strict_json import MAX_JSON_DEPTH, parse_json
 from graph_runtime.widgets import MAX_TEXT_LENGTH, shown
 from graph_runtime.workflow import (
-    MAX_JSON_DEPTH,
     WorkflowFormatError,
     load_workflow,
     load_workflow_file,
-    parse_json,
     parse_value,
 )
 from tests.support.workflows import link, wf
