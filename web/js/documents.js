@@ -24,8 +24,9 @@ export class Documents {
     const stored = localStorage.getItem(STORE_KEY);
     if (stored) {
       try {
-        const { doc, name, source } = JSON.parse(stored);
+        const { doc, name, source, dirty } = JSON.parse(stored);
         this.loadDoc(doc, { name, source, fit: false });
+        if (dirty) this.editor.history.markDirty();
         return;
       } catch (err) {
         localStorage.removeItem(STORE_KEY);
@@ -36,6 +37,7 @@ export class Documents {
 
   loadDoc(doc, { name = doc.name ?? "", source = null, fit = true } = {}) {
     const missing = this.editor.load(doc);
+    this.editor.history.reset();
     this.current = { name, source };
     this.showName();
     if (fit && (!doc.ui?.viewport || !this.editor.allVisible())) this.editor.fitView();
@@ -54,8 +56,18 @@ export class Documents {
 
   showName() {
     const label = this.current.name || "untitled";
-    $("#workflow-name").textContent = label + (this.current.source === "shipped" ? " (example)" : "");
-    document.title = `${label} · Noodle`;
+    const dirty = this.editor.history.dirty;
+    const el = $("#workflow-name");
+    el.textContent = label + (this.current.source === "shipped" ? " (example)" : "");
+    el.classList.toggle("dirty", dirty); // the marker is drawn by CSS, the name stays plain text
+    el.dataset.dirty = String(dirty);
+    document.title = `${dirty ? "• " : ""}${label} · Noodle`;
+  }
+
+  // After an edit, undo or save: show the unsaved marker and keep the stored copy current.
+  historyChanged() {
+    this.showName();
+    this.persistSoon();
   }
 
   persistSoon() {
@@ -65,7 +77,8 @@ export class Documents {
 
   persist() {
     const doc = this.editor.serialize();
-    const text = JSON.stringify({ doc, name: this.current.name, source: this.current.source });
+    const text = JSON.stringify({ doc, name: this.current.name, source: this.current.source,
+                                  dirty: this.editor.history.dirty });
     if (text !== this.lastSaved) {
       localStorage.setItem(STORE_KEY, text);
       this.lastSaved = text;
@@ -82,6 +95,7 @@ export class Documents {
       const res = await api.saveWorkflow(name, doc);
       this.editor.name = name;
       this.current = { name: res.name, source: "user" };
+      this.editor.history.markClean();
       this.showName();
       toast(`Saved “${res.name}”`, "ok");
     } catch (err) {
@@ -101,6 +115,7 @@ export class Documents {
       if (w.name === this.current.name && this.current.source === "user") {
         this.editor.name = name;
         this.current = { name, source: "user" };
+        this.editor.history.markClean();
         this.showName();
       }
       toast(`Renamed to “${name}”`, "ok");
@@ -147,6 +162,7 @@ export class Documents {
 
   newDocument() {
     this.editor.clear();
+    this.editor.history.reset();
     this.current = { name: "", source: null };
     this.showName();
   }

@@ -5,6 +5,7 @@ import { pickWorkflow, toast } from "./dialogs.js";
 import { Documents } from "./documents.js";
 import { Editor } from "./graph/editor.js";
 import { buildPalette, DRAG_MIME } from "./palette.js";
+import { bindEditingKeys } from "./shortcuts.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -25,7 +26,10 @@ function clientId() {
 class App {
   constructor() {
     this.clientId = clientId();
-    this.editor = new Editor($("#graph"), { onChange: () => this.docs.persistSoon() });
+    this.editor = new Editor($("#graph"), {
+      onChange: () => this.docs.persistSoon(),
+      onHistory: () => this.docs?.historyChanged(),
+    });
     this.docs = new Documents(this.editor, (missing) => {
       this.clearMessages();
       if (missing.length) this.message(`Unknown node types: ${missing.join(", ")}`, "error");
@@ -46,7 +50,10 @@ class App {
       $("#connection").classList.toggle("down", !up);
       $("#connection").title = up ? "Connected" : "Reconnecting…";
     });
-    setInterval(() => this.docs.persist(), 1500);
+    setInterval(() => {
+      this.editor.history.checkpoint(); // whatever a change hook missed
+      this.docs.persist();
+    }, 1500);
     document.body.dataset.ready = "true";
   }
 
@@ -180,6 +187,12 @@ class App {
 
   bindUi() {
     window.addEventListener("resize", () => this.resize());
+    bindEditingKeys(this.editor);
+    window.addEventListener("beforeunload", (e) => {
+      if (!this.editor.history.dirty) return;
+      e.preventDefault();
+      e.returnValue = ""; // older browsers show the prompt only when this is set
+    });
     $("#queue").addEventListener("click", () => this.queue());
     $("#interrupt").addEventListener("click", () => api.interrupt());
     window.addEventListener("keydown", (e) => {

@@ -109,7 +109,7 @@ function widgetValue(w) {
 function serializeNode(graph, node) {
   const raw = node.noodle?.raw;
   if (node instanceof MissingNode && raw) {
-    return { ...raw.node, ui: { ...(raw.node.ui ?? {}), pos: node.pos.map(round), size: node.size.map(round) } };
+    return { ...raw.node, ui: { ...(raw.node.ui ?? {}), pos: Array.from(node.pos, round), size: Array.from(node.size, round) } };
   }
   const inputs = { ...(raw?.unknownInputs ?? {}) };
   for (const w of node.widgets ?? []) if (w.noodleInput) inputs[w.name] = widgetValue(w);
@@ -121,7 +121,7 @@ function serializeNode(graph, node) {
     if (!origin) continue;
     inputs[slot.name] = { from: String(origin.id), output: origin.outputs[link.origin_slot].name };
   }
-  const ui = { ...(raw?.ui ?? {}), pos: node.pos.map(round), size: node.size.map(round) };
+  const ui = { ...(raw?.ui ?? {}), pos: Array.from(node.pos, round), size: Array.from(node.size, round) };
   const defaultTitle = node.constructor.title;
   if (node.title && node.title !== defaultTitle) ui.title = node.title;
   else delete ui.title;
@@ -145,6 +145,6 @@ export function serialize(graph, canvas) {
   for (const node of [...graph._nodes].sort(byNaturalId)) nodes[String(node.id)] = serializeNode(graph, node);
   const groups = graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding].map(round), color: g.color }));
   const doc = { format: FORMAT, version: 1, name: meta.name, description: meta.description, nodes,
-                ui: { ...meta.ui, groups, viewport: { offset: canvas.ds.offset.map(round), scale: round(canvas.ds.scale * 100) / 100 } } };
+                ui: { ...meta.ui, groups, viewport: { offset: Array.from(canvas.ds.offset, round), scale: round(canvas.ds.scale * 100) / 100 } } };
   return { ...doc, ...meta.extra };
 }

@@ -3,6 +3,8 @@
 
 import { LGraph, LGraphCanvas, LiteGraph } from "../../lib/litegraph.es.js";
 import { loadInto, serialize } from "./convert.js";
+import { makeFragment, mergeFragment } from "./fragment.js";
+import { History, isEditable } from "./history.js";
 import { contentBottom, registerSchemas, SEED_CONTROLS } from "./node-types.js";
 import { setTypeColours, typeColours } from "./theme.js";
 
@@ -25,10 +27,21 @@ function configureLiteGraph() {
   LiteGraph.LINK_COLOR = "#9aa4b2";
 }
 
+// What drawing a node does first: place its slots and widgets, growing it to fit them.
+function layOut(node) {
+  if (node.collapsed || !node._setConcreteSlots || !node.arrange) return;
+  node._setConcreteSlots();
+  node.arrange();
+}
+
 export class Editor {
-  constructor(canvasEl, { onChange = () => {} } = {}) {
+  // `onChange()` after every edit; `onHistory()` when undo/redo or the unsaved state may change.
+  constructor(canvasEl, { onChange = () => {}, onHistory = () => {} } = {}) {
     configureLiteGraph();
-    this.onChange = onChange;
+    this.onChange = () => {
+      this.history.schedule();
+      onChange();
+    };
     this.socketTypes = {}; // /api/types, once registerTypes has run
     // litegraph asks this for every link, whether dragged or made by code.
     LiteGraph.isValidConnection = (out, inp) => this.canLink(out, inp);
@@ -42,6 +55,76 @@ export class Editor {
     this.schemas = {};
     this.imageCache = new Map();
     this.graph.start?.();
+    this.trackEdits(onHistory);
+  }
+
+  // Snapshot history: litegraph's change hooks and the end of any pointer or key gesture ask for
+  // a checkpoint, which waits while a pointer is held (a drag is one step) or a field has focus.
+  trackEdits(onHistory) {
+    this.pointerDown = false;
+    this.history = new History({
+      capture: () => this.snapshot(),
+      restore: (text) => this.replace(JSON.parse(text)),
+      busy: () => this.pointerDown || isEditable(document.activeElement),
+      onState: onHistory,
+    });
+    const schedule = () => this.history.schedule();
+    this.graph.onAfterChange = schedule;
+    this.graph.onNodeAdded = schedule;
+    this.graph.onNodeRemoved = schedule;
+    window.addEventListener("pointerdown", () => { this.pointerDown = true; }, true);
+    for (const type of ["pointerup", "pointercancel"]) {
+      window.addEventListener(type, () => { this.pointerDown = false; schedule(); }, true);
+    }
+    for (const type of ["keyup", "click", "focusout", "change"]) window.addEventListener(type, schedule, true);
+  }
+
+  // The workflow as undo compares it: without the viewport (panning is no edit) and the name.
+  snapshot() {
+    const doc = this.serialize();
+    delete doc.name;
+    delete doc.ui.viewport;
+    return JSON.stringify(doc);
+  }
+
+  // Loads `doc` in place of the graph, keeping the view, the name and shown outputs.
+  replace(doc) {
+    const offset = [...this.canvas.ds.offset];
+    const scale = this.canvas.ds.scale;
+    const before = new Map(this.graph._nodes.map((n) => [String(n.id), n]));
+    const missing = this.load({ ...doc, name: this.name });
+    this.canvas.ds.offset = offset;
+    this.canvas.ds.scale = scale;
+    for (const n of this.graph._nodes) {
+      const old = before.get(String(n.id));
+      if (old?.type !== n.type || !old.noodle || !n.noodle) continue;
+      n.noodle.images = old.noodle.images;
+      n.noodle.texts = old.noodle.texts;
+    }
+    this.canvas.setDirty(true, true);
+    return missing;
+  }
+
+  selectedIds() {
+    return this.graph._nodes.filter((n) => n.is_selected || this.canvas.selected_nodes?.[n.id]).map((n) => String(n.id));
+  }
+
+  // The selected nodes as a v1 fragment, or null when nothing is selected.
+  copySelection() {
+    const ids = this.selectedIds();
+    return ids.length ? makeFragment(this.serialize(), ids) : null;
+  }
+
+  // Adds a fragment's nodes under new ids, their top left at `at` (graph coordinates; the
+  // mouse by default), and selects them. `keepInputs` keeps links from nodes outside it.
+  paste(fragment, { at = null, keepInputs = false } = {}) {
+    this.history.checkpoint(true);
+    const pos = at ?? [...(this.canvas.graph_mouse ?? [0, 0])];
+    const { doc, ids } = mergeFragment(this.serialize(), fragment, { at: pos, keepInputs });
+    this.replace(doc);
+    this.canvas.selectItems(ids.map((id) => this.node(id)).filter(Boolean));
+    this.onChange();
+    return ids;
   }
 
   // `schemas` and `types` as /api/nodes and /api/types serve them. An input whose schema names
@@ -108,6 +191,7 @@ export class Editor {
       node.pos = [x + w / 2 - node.size[0] / 2 + jitter, y + h / 3 + jitter];
     }
     this.graph.add(node);
+    layOut(node);
     this.canvas.selectNode(node);
     this.onChange();
     return String(node.id);
@@ -163,6 +247,9 @@ export class Editor {
 
   load(doc) {
     const missing = loadInto(this.graph, this.canvas, doc);
+    // Lay widgets out now rather than at the first frame, which may grow a node: a load is
+    // then already what the canvas shows, and that growth is no edit to undo.
+    for (const n of this.graph._nodes) layOut(n);
     this.canvas.setDirty(true, true);
     return missing;
   }
