@@ -28,6 +28,7 @@ from typing import Any
 
 from graph_runtime.cache import CacheEntry, OutputCache
 from graph_runtime.graph import build_graph, output_nodes, plan, validate
+from graph_runtime.modes import apply_modes
 from graph_runtime.node_call import Emitter, NodeCall, is_out_of_memory, release_device_memory
 from graph_runtime.registry import REGISTRY, NodeDef, Registry
 from graph_runtime.settings import Folders
@@ -192,7 +193,7 @@ class Executor:
                    targets: Iterable[str] | None = None,
                    output_dir: Path | str | None = None) -> dict[str, str]:
         """Signatures of the planned nodes (all ancestors of the outputs or targets)."""
-        wf, folders = load_workflow(wf), self._folders(output_dir)
+        wf, folders = apply_modes(load_workflow(wf), self.registry), self._folders(output_dir)
         return self._sign(self._prepare(wf, self._plan(wf, targets, folders)), folders)
 
     # ------------------------------------------------------------------ running
@@ -206,7 +207,8 @@ class Executor:
         the executor's output folder for this run. Every event carries `run_id` when one
         is given."""
         started = time.perf_counter()
-        wf, folders = load_workflow(wf), self._folders(output_dir)
+        original, folders = load_workflow(wf), self._folders(output_dir)
+        wf = apply_modes(original, self.registry)  # what runs; files record `original`
         interrupt = interrupt if interrupt is not None else threading.Event()
         targets = list(targets) if targets else None
         order = self._plan(wf, targets, folders)
@@ -219,7 +221,7 @@ class Executor:
         emit({"type": "run_started", "nodes": order,
               "cached": [n for n in order if n in hits]})
         state = _RunState(order, prepared, roots, to_run, RunResult(signatures=sigs))
-        call = NodeCall(emit, interrupt, folders, wf.to_dict(), lambda: self._free(state))
+        call = NodeCall(emit, interrupt, folders, original.to_dict(), lambda: self._free(state))
         result = state.result
         for nid in order:
             d = prepared[nid].definition

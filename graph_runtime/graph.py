@@ -24,6 +24,7 @@ from typing import Any
 
 import networkx as nx
 
+from graph_runtime.modes import apply_modes, has_modes
 from graph_runtime.registry import InputSpec, NodeDef, Registry
 from graph_runtime.settings import Folders
 from graph_runtime.widgets import is_finite_number, is_float_value, shown
@@ -221,7 +222,10 @@ def validate(wf: Workflow, registry: Registry, targets: Iterable[str] | None = N
              folders: Folders | None = None, graph: nx.DiGraph | None = None
              ) -> list[dict[str, Any]]:
     """Every problem in the workflow, or an empty list when it can run. `folders` are
-    those choices and hooks that read folders see; `graph` saves building it again."""
+    those choices and hooks that read folders see; `graph` saves building it again.
+    Bypassed and muted nodes are resolved first (`modes.apply_modes`)."""
+    if has_modes(wf):
+        wf, graph = apply_modes(wf, registry), None
     errors: list[dict[str, Any]] = []
     checker = _NodeChecker(wf, registry, folders or Folders.from_env(), errors)
     for nid, nd in wf.nodes.items():

@@ -101,6 +101,10 @@ def _parse_document(text: str | bytes, where: str) -> Any:
         raise WorkflowFormatError(f"not acceptable JSON: {exc}", where) from exc
 
 
+# A node's optional "mode": skipped and passed through, or skipped with what only it feeds.
+NODE_MODES = ("bypass", "mute")
+
+
 def _check_node(nid: str, nd: Any) -> None:
     where = f"nodes[{nid!r}]"
     if not isinstance(nd, dict):
@@ -123,6 +127,9 @@ def _check_node(nid: str, nd: Any) -> None:
     ui = nd.get("ui", {})
     if not isinstance(ui, dict):
         raise WorkflowFormatError("\"ui\" must be an object", where + ".ui")
+    if "mode" in nd and nd["mode"] not in NODE_MODES:
+        raise WorkflowFormatError(f"\"mode\" must be one of {', '.join(NODE_MODES)} (or absent "
+                                  f"for an active node), got {nd['mode']!r}", where + ".mode")
 
 
 # A node library's upgrade of documents saved before it renamed node types or inputs: a

@@ -1,5 +1,6 @@
 // Editing keys: undo (Ctrl+Z), redo (Ctrl+Shift+Z, Ctrl+Y), copy (Ctrl+C), paste at the mouse
-// (Ctrl+V) and paste keeping the inputs from outside the copy (Ctrl+Shift+V). They run before
+// (Ctrl+V), paste keeping the inputs from outside the copy (Ctrl+Shift+V), and bypass (Ctrl+B)
+// or mute (Ctrl+M) the selected nodes, each key again making them active. They run before
 // litegraph's own keys, and never while a text field has the focus.
 //
 // Copied nodes go to the system clipboard as v1 workflow text through the browser's copy
@@ -8,6 +9,7 @@
 
 import { isEditable } from "./graph/history.js";
 import { parseFragment } from "./graph/fragment.js";
+import { toggleMode } from "./graph/modes.js";
 
 const FALLBACK_KEY = "noodle.clipboard.v1";
 
@@ -57,6 +59,14 @@ export function bindEditingKeys(editor) {
         if (copied) navigator.clipboard?.writeText(copied).catch(() => {});
         copied = null;
       }, 0);
+    } else if ((key === "b" || key === "m") && !e.shiftKey) {
+      const ids = new Set(editor.selectedIds());
+      const nodes = editor.graph._nodes.filter((n) => ids.has(String(n.id)));
+      if (!toggleMode(nodes, key === "b" ? "bypass" : "mute")) return;
+      e.preventDefault();
+      e.stopImmediatePropagation();
+      editor.canvas.setDirty(true, true);
+      editor.onChange(); // one undo step, checkpointed when the key is released
     } else if (key === "v") {
       e.stopImmediatePropagation();
       request = { keepInputs: e.shiftKey, at: [...(editor.canvas.graph_mouse ?? [0, 0])] };

@@ -5,6 +5,7 @@
 // written back unchanged, so loading then saving never loses anything.
 
 import { LGraphGroup, LiteGraph } from "../../lib/litegraph.es.js";
+import { applyMode, isMode, modeOf } from "./modes.js";
 import { MissingNode } from "./node-types.js";
 
 export const FORMAT = "noodle.workflow";
@@ -45,12 +46,14 @@ export function loadInto(graph, canvas, doc) {
     }
     node.id = nodeIdOf(id);
     const ui = nd.ui ?? {};
-    const extra = Object.fromEntries(Object.entries(nd).filter(([k]) => !NODE_KEYS.has(k)));
+    // A mode the canvas knows becomes litegraph's; any other value is kept as written.
+    const extra = Object.fromEntries(Object.entries(nd).filter(([k]) => !NODE_KEYS.has(k) && !(k === "mode" && isMode(nd.mode))));
     node.noodle.raw = { id, node: nd, extra, unknownInputs: {}, ui };
     if (Array.isArray(ui.pos)) node.pos = [Number(ui.pos[0]) || 0, Number(ui.pos[1]) || 0];
     if (Array.isArray(ui.size)) node.size = [Number(ui.size[0]) || node.size[0], Number(ui.size[1]) || node.size[1]];
     if (typeof ui.title === "string" && ui.title) node.title = ui.title;
     node.flags.collapsed = Boolean(ui.collapsed);
+    applyMode(node, isMode(nd.mode) ? nd.mode : null);
     graph.add(node);
     byId.set(id, node);
     for (const [name, value] of Object.entries(nd.inputs ?? {})) {
@@ -108,8 +111,11 @@ function widgetValue(w) {
 
 function serializeNode(graph, node) {
   const raw = node.noodle?.raw;
+  const mode = modeOf(node);
   if (node instanceof MissingNode && raw) {
-    return { ...raw.node, ui: { ...(raw.node.ui ?? {}), pos: Array.from(node.pos, round), size: Array.from(node.size, round) } };
+    const { mode: _, ...rest } = raw.node;
+    const kept = "mode" in raw.node && !isMode(raw.node.mode) ? { mode: raw.node.mode } : {}; // as written
+    return { ...rest, ...kept, ...(mode ? { mode } : {}), ui: { ...(raw.node.ui ?? {}), pos: Array.from(node.pos, round), size: Array.from(node.size, round) } };
   }
   const inputs = { ...(raw?.unknownInputs ?? {}) };
   for (const w of node.widgets ?? []) if (w.noodleInput) inputs[w.name] = widgetValue(w);
@@ -129,7 +135,7 @@ function serializeNode(graph, node) {
   const controls = {};
   for (const w of node.widgets ?? []) if (w.noodleControlFor) controls[w.noodleControlFor] = w.value;
   if (Object.keys(controls).length) ui.control_after_run = controls;
-  return { type: node.type, inputs, ui, ...(raw?.extra ?? {}) };
+  return { type: node.type, inputs, ui, ...(raw?.extra ?? {}), ...(mode ? { mode } : {}) };
 }
 
 function byNaturalId(a, b) {
