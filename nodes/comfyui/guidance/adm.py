@@ -18,14 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nodes.micro_conditioning import time_id_count
+from nodes.comfyui.latent import CELL
+from nodes.micro_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, time_id_count
 
 BASE_IDS = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")
 REFINER_IDS = ("height", "width", "crop_h", "crop_w", "aesthetic_score")
-POSITIVE_SCORE = 6.0
-NEGATIVE_SCORE = 2.5
-# ComfyUI sizes a latent cell as 8 pixels whatever the VAE.
-CELL = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +59,8 @@ def time_ids(options: Mapping[str, Any], names: tuple[str, ...], *, negative: bo
     values.setdefault("crop_h", 0)
     values.setdefault("target_width", values["width"])
     values.setdefault("target_height", values["height"])
-    values.setdefault("aesthetic_score", NEGATIVE_SCORE if negative else POSITIVE_SCORE)
+    values.setdefault("aesthetic_score",
+                      NEGATIVE_AESTHETIC_SCORE if negative else AESTHETIC_SCORE)
     return torch.tensor([[float(values[n]) for n in names]], dtype=torch.float32)
 
 
