@@ -11,7 +11,7 @@ import. What a node library needs is importable from here:
         return a + b
 """
 
-from graph_runtime.context import current, folders
+from graph_runtime.context import current, folders, memo
 from graph_runtime.registry import REGISTRY, Registry, node
 from graph_runtime.settings import Folders
 from graph_runtime.sockets import SocketType, socket_type
@@ -19,5 +19,5 @@ from graph_runtime.widgets import Bool, Choice, Float, Int, Seed, Text
 
 __all__ = [
     "REGISTRY", "Bool", "Choice", "Float", "Folders", "Int", "Registry", "Seed", "SocketType",
-    "Text", "current", "folders", "node", "socket_type",
+    "Text", "current", "folders", "memo", "node", "socket_type",
 ]

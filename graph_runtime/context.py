@@ -13,9 +13,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from graph_runtime.settings import Folders
+
+T = TypeVar("T")
 
 
 class Interrupted(Exception):
@@ -34,6 +36,8 @@ class RunContext:
     emit: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
     ui: dict[str, list[Any]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    # The executor's store for `memo`; None outside one (the value is then just computed).
+    memo_store: Callable[[str, Callable[[], Any]], Any] | None = None
 
     @property
     def output_dir(self) -> Path:
@@ -77,6 +81,17 @@ _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
 def current() -> RunContext | None:
     """The context of the node being executed, or None outside the executor (plain calls)."""
     return _current.get()
+
+
+def memo(key: str, compute: Callable[[], T]) -> T:
+    """`compute()`, kept in the executor's cache under `key` (which must name everything the
+    value depends on, e.g. a file's path, size and mtime) so that a node re-run for another
+    reason reuses it: a LoRA whose strength changed does not read its file again. Counted
+    and evicted like any output; outside the executor it is just computed."""
+    ctx = _current.get()
+    if ctx is None or ctx.memo_store is None:
+        return compute()
+    return ctx.memo_store(key, compute)
 
 
 def folders() -> Folders:

@@ -221,7 +221,8 @@ class Executor:
         emit({"type": "run_started", "nodes": order,
               "cached": [n for n in order if n in hits]})
         state = _RunState(order, prepared, roots, to_run, RunResult(signatures=sigs))
-        call = NodeCall(emit, interrupt, folders, original.to_dict(), lambda: self._free(state))
+        call = NodeCall(emit, interrupt, folders, original.to_dict(), lambda: self._free(state),
+                        self._memo)
         result = state.result
         for nid in order:
             d = prepared[nid].definition
@@ -246,6 +247,17 @@ class Executor:
             break
         self._finish(result, started, emit)
         return result
+
+    def _memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A value a node asked to keep (`context.memo`), in the output cache beside the
+        outputs, under a key no signature can take."""
+        full = f"memo:{key}"
+        entry = self.cache.get(full)
+        if entry is not None:
+            return entry.outputs["value"]
+        value = compute()
+        self.cache.put(full, CacheEntry({"value": value}))
+        return value
 
     def _free(self, state: _RunState) -> None:
         self.cache.free()

@@ -19,7 +19,8 @@ workflow always runs in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import networkx as nx
@@ -44,6 +45,17 @@ def natural_key(node_id: str) -> tuple[int, int, str]:
     if node_id.isascii() and node_id.isdigit():
         return (0, int(node_id), node_id)
     return (1, 0, node_id)
+
+
+def call_check(hook: Callable[..., Mapping[str, str]], literals: dict[str, Any],
+               folders: Folders) -> Mapping[str, str]:
+    """A node's `check_inputs` hook, given the folders when it declares a second
+    parameter."""
+    try:
+        takes_folders = len(inspect.signature(hook).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_folders = False
+    return hook(literals, folders) if takes_folders else hook(literals)
 
 
 def _error(node: str | None, input_name: str | None, code: str, message: str) -> dict[str, Any]:
@@ -155,7 +167,7 @@ class _NodeChecker:
                     and not is_link(inputs.get(name))}
         assert definition.check_inputs is not None
         try:
-            problems = dict(definition.check_inputs(literals))
+            problems = dict(call_check(definition.check_inputs, literals, self.folders))
         except Exception as exc:  # noqa: BLE001 - a broken hook is reported, not raised
             problems = {"": f"cannot check the inputs: {type(exc).__name__}: {exc}"}
         for name, message in problems.items():

@@ -74,6 +74,7 @@ class NodeCall:
     folders: Folders
     workflow: dict[str, Any]
     free_memory: Callable[[], None]
+    memo_store: Callable[[str, Callable[[], Any]], Any] | None = None
 
     def __call__(self, nid: str, d: NodeDef, kwargs: dict[str, Any]
                  ) -> CacheEntry | dict[str, Any] | None:
@@ -85,7 +86,7 @@ class NodeCall:
         retried = False
         while True:
             ctx = RunContext(nid, node_type, self.folders, self.workflow, self.interrupt,
-                             emit.for_node(node_type))
+                             emit.for_node(node_type), memo_store=self.memo_store)
             t0 = time.perf_counter()
             token = activate(ctx)
             try:

@@ -31,8 +31,10 @@ __all__ = [
 Fingerprint = Callable[[Mapping[str, Any], Folders], "str | None"]
 # absent_outputs(literal inputs, folders): outputs that will be empty, with the reason.
 AbsentOutputs = Callable[[Mapping[str, Any], Folders], Mapping[str, str]]
-# check_inputs(literal inputs): what is wrong with a combination of values, by input name.
-CheckInputs = Callable[[Mapping[str, Any]], Mapping[str, str]]
+# check_inputs(literal inputs[, folders]): what is wrong with a combination of values, by
+# input name. A hook that takes a second parameter also gets the run's folders (a name that
+# must exist in a model folder).
+CheckInputs = Callable[..., Mapping[str, str]]
 
 
 class NodeDefinitionError(TypeError):
@@ -337,6 +339,8 @@ def node(
     filled in; linked and refused ones left out), and names the inputs whose *combination* the node
     cannot run (steps / denoise too long a schedule, width x height x batch too large to
     allocate), with the reason: validation reports them, so such a value never starts a run.
+    A hook declared `check_inputs(inputs, folders)` also gets the run's folders (a prompt
+    naming an embedding that no model folder has).
     """
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
