@@ -8,6 +8,7 @@ message}]}` with a 4xx status, the same shape validation uses):
     GET    /api/types              every socket type: colour and the types it accepts
     POST   /api/prompt             {workflow, client_id} -> {prompt_id, number} | 400 {errors}
     GET    /api/queue              {running: [...], pending: [...]}
+    DELETE /api/queue              drop every pending prompt (the running one runs on)
     DELETE /api/queue/{id}         drop a pending prompt, or interrupt it if it is running
     POST   /api/interrupt          interrupt the running prompt
     GET    /api/history            ?limit=&offset= a page of [entry, ...] oldest first (default:
@@ -108,6 +109,11 @@ class Api:
             return error_response(404, "not_found", f"no queued prompt {pid!r}")
         return web.json_response({"prompt_id": pid, "result": outcome})
 
+    async def clear_queue(self, request: web.Request) -> web.Response:
+        """Drop the pending prompts only: deleting them one by one could stop one that
+        started meanwhile. Answers with how many were dropped."""
+        return web.json_response({"removed": self.queue.remove_pending(None)})
+
     async def interrupt(self, request: web.Request) -> web.Response:
         """Interrupt the running prompt; `{"prompt_id": ...}` (ComfyUI's form) only if it is
         that one. Answers with the id interrupted (null: none)."""
@@ -142,7 +148,7 @@ class Api:
         return {
             ("GET", "/"): self.index, ("GET", "/api/nodes"): self.nodes,
             ("GET", "/api/types"): self.types, ("POST", "/api/prompt"): self.prompt,
-            ("GET", "/api/queue"): self.get_queue,
+            ("GET", "/api/queue"): self.get_queue, ("DELETE", "/api/queue"): self.clear_queue,
             ("DELETE", "/api/queue/{prompt_id}"): self.delete_queue,
             ("POST", "/api/interrupt"): self.interrupt, ("GET", "/api/history"): self.history,
             ("GET", "/api/history/{prompt_id}"): self.history_one,

@@ -5,8 +5,9 @@
 Starts the real server with the shipped node library, workflows and embedded model on a
 free loopback port, opens the canvas in the system Chromium and captures: the default
 workflow after a run (docs/canvas.png), the same run half-way with the running node, its
-progress and step preview (docs/canvas-running.png), and validation errors shown as badges
-(docs/canvas-errors.png).
+progress and step preview (docs/canvas-running.png), validation errors shown as badges
+(docs/canvas-errors.png), the queue and history sidebar with a gallery of runs while another
+runs (docs/canvas-history.png), and a history image in the viewer (docs/canvas-viewer.png).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import sync_playwright
 
@@ -27,6 +29,35 @@ from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ServerThread
 from tests.support.paths import REPO, WORKFLOWS
 
 SIZE = {"width": 1600, "height": 900}
+SHOTS = ("canvas.png", "canvas-running.png", "canvas-errors.png", "canvas-history.png",
+         "canvas-viewer.png")
+
+
+def history_shots(page: Any, out: Path) -> None:
+    """Four more runs of the default workflow (other seeds, fewer steps to keep it short),
+    shot while the last runs; then the newest image in the viewer."""
+    page.evaluate("() => window.noodle.openWorkflow({name: 'txt2img', source: 'shipped'})")
+    page.keyboard.press("q")
+    page.wait_for_selector("#sidebar", state="visible")
+    for seed in (1, 2, 3, 4):
+        page.evaluate("""seed => {
+            const ed = window.noodle.editor;
+            const of = (type) => String(ed.graph._nodes.find(n => n.type === type).id);
+            ed.setWidget(of('RandomLatents'), 'seed', seed);
+            ed.setWidget(of('Denoise'), 'steps', 10);
+        }""", seed)
+        page.click("#queue")
+    page.wait_for_function("""() => document.querySelectorAll(
+        '.history-entry[data-status=success] .history-thumb img').length >= 4
+        && Number(document.querySelector('.queue-item.running')?.dataset.progress) > 0.4""",
+        timeout=300000)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(out / "canvas-history.png"))
+    page.wait_for_function("() => !document.querySelector('.queue-item')", timeout=300000)
+    page.wait_for_timeout(300)
+    page.click(".history-thumb")
+    page.wait_for_function("() => document.querySelector('#viewer .viewer-image').naturalWidth > 0")
+    page.screenshot(path=str(out / "canvas-viewer.png"))
 
 
 def main() -> int:
@@ -69,10 +100,11 @@ def main() -> int:
             page.wait_for_selector("#messages li")
             page.wait_for_timeout(300)
             page.screenshot(path=str(out / "canvas-errors.png"))
+            history_shots(page, out)
             browser.close()
     finally:
         server.stop()
-    for name in ("canvas.png", "canvas-running.png", "canvas-errors.png"):
+    for name in SHOTS:
         print(out / name)
     return 0
 

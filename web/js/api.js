@@ -24,7 +24,23 @@ export const api = {
   nodes: () => call("GET", "/api/nodes"),
   types: () => call("GET", "/api/types"),
   queue: (workflow, clientId) => call("POST", "/api/prompt", { workflow, client_id: clientId }),
-  interrupt: () => call("POST", "/api/interrupt"),
+  // Interrupts the running prompt; given an id, only if that one is still running.
+  interrupt: (promptId = null) => call("POST", "/api/interrupt", promptId ? { prompt_id: promptId } : undefined),
+  queueState: () => call("GET", "/api/queue"),
+  // Drops a pending prompt (a running one is interrupted instead).
+  cancel: (promptId) => call("DELETE", `/api/queue/${encodeURIComponent(promptId)}`),
+  // Drops every pending prompt, leaving the running one alone.
+  clearPending: () => call("DELETE", "/api/queue"),
+  // A page of finished prompts, oldest first: `limit` from `offset` (0: the oldest), or the
+  // newest `limit` without an offset; with the number of entries in the whole history.
+  history: async ({ limit, offset = null }) => {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (offset != null) q.set("offset", String(offset));
+    const resp = await fetch(`/api/history?${q}`);
+    const data = await resp.json().catch(() => null);
+    if (!resp.ok) throw new ApiError(resp.status, data?.errors);
+    return { entries: data, total: Number(resp.headers.get("X-Total-Count") ?? data.length) };
+  },
   workflows: () => call("GET", "/api/workflows"),
   loadWorkflow: (name, source) =>
     call("GET", `/api/workflows/${encodeURIComponent(name)}${source ? `?source=${source}` : ""}`),

@@ -15,16 +15,23 @@ export function toast(message, kind = "info", ms = 4000) {
   return t;
 }
 
-function modal(title) {
+// An empty dialog over the page, closed by Escape or a click beside it.
+export function modal(title) {
   const overlay = el("div", "modal-overlay");
   const box = el("div", "modal");
   box.setAttribute("role", "dialog");
   box.append(el("h2", null, title));
   overlay.append(box);
   document.body.append(overlay);
-  const close = () => overlay.remove();
+  // Escape from anywhere, not only from a focused control inside (a click on text moves the
+  // focus out of the dialog).
+  const onKey = (e) => { if (e.key === "Escape") close(); };
+  const close = () => {
+    overlay.remove();
+    document.removeEventListener("keydown", onKey);
+  };
   overlay.addEventListener("pointerdown", (e) => { if (e.target === overlay) close(); });
-  overlay.addEventListener("keydown", (e) => { if (e.key === "Escape") close(); });
+  document.addEventListener("keydown", onKey);
   return { overlay, box, close };
 }
 

@@ -45,6 +45,24 @@ export class Documents {
     this.persist();
   }
 
+  // A finished run's workflow (from the history) in place of the graph: the document keeps
+  // its name and place, is marked unsaved, and one undo brings back the graph it replaced.
+  loadRun(doc) {
+    const history = this.editor.history;
+    history.checkpoint(true);
+    const replaced = history.current;
+    const undo = [...history.undoStack, replaced];
+    try {
+      this.loadDoc(doc, { name: this.current.name, source: this.current.source });
+    } catch (err) {
+      toast(`Cannot load this workflow: ${err.message}`, "error");
+      return;
+    }
+    history.undoStack = undo.slice(-100);
+    history.markDirty();
+    toast(`Loaded the workflow of this run${doc.name ? ` (${doc.name})` : ""}`, "ok");
+  }
+
   async openWorkflow(w, { quiet = false } = {}) {
     try {
       const doc = await api.loadWorkflow(w.name, w.source);

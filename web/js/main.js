@@ -4,7 +4,10 @@ import { api, ApiError, connectEvents } from "./api.js";
 import { pickWorkflow, toast } from "./dialogs.js";
 import { Documents } from "./documents.js";
 import { Editor } from "./graph/editor.js";
+import { bindPanelKeys } from "./help.js";
+import { bindNodeTips } from "./node-tips.js";
 import { buildPalette, DRAG_MIME } from "./palette.js";
+import { Sidebar } from "./queue/sidebar.js";
 import { bindEditingKeys } from "./shortcuts.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -43,12 +46,17 @@ class App {
     // Before the palette: it takes its colours from the socket types registered here.
     this.editor.registerTypes(schemas, types, { onUpload: (id, input, kind) => this.pickUpload(id, input, kind) });
     buildPalette($("#palette"), schemas, (type, pos) => this.editor.addNode(type, pos));
+    bindNodeTips(schemas);
+    // Before the editing keys: its viewer takes every key while it is open.
+    this.sidebar = new Sidebar({ clientId: this.clientId, onLoad: (entry) => this.docs.loadRun(entry.workflow),
+                                 onToggle: () => this.resize() });
     this.bindUi();
     this.resize();
     await this.docs.restore();
     connectEvents(this.clientId, (m) => this.onEvent(m), (up) => {
       $("#connection").classList.toggle("down", !up);
       $("#connection").title = up ? "Connected" : "Reconnecting…";
+      if (up) this.sidebar.reconnected();
     });
     setInterval(() => {
       this.editor.history.checkpoint(); // whatever a change hook missed
@@ -113,6 +121,7 @@ class App {
 
   onEvent({ type, data }) {
     const ed = this.editor;
+    this.sidebar.onEvent(type, data);
     switch (type) {
       case "status": {
         const waiting = data.queue_remaining - (data.running ? 1 : 0);
@@ -188,6 +197,7 @@ class App {
   bindUi() {
     window.addEventListener("resize", () => this.resize());
     bindEditingKeys(this.editor);
+    bindPanelKeys({ toggleSidebar: () => this.sidebar.toggle() });
     window.addEventListener("beforeunload", (e) => {
       if (!this.editor.history.dirty) return;
       e.preventDefault();

@@ -1,20 +1,10 @@
 // The node palette: node types grouped by category, with a filter box. Click adds a node in
 // the middle of the view; dragging an entry onto the canvas drops it where it is released.
 
+import { el } from "./dom.js";
 import { typeColour } from "./graph/theme.js";
 
 export const DRAG_MIME = "application/x-noodle-node";
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "dataset") Object.assign(e.dataset, v);
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  e.append(...children);
-  return e;
-}
 
 function paletteItem(s, onAdd) {
   const dots = el("span", { class: "dots" }, ...s.outputs.slice(0, 5).map((o) => {
@@ -23,7 +13,7 @@ function paletteItem(s, onAdd) {
     return d;
   }));
   return el("button", {
-    class: "palette-item", draggable: "true", title: s.description || s.name,
+    class: "palette-item", draggable: "true", // its description shows in a tooltip (node-tips.js)
     dataset: { type: s.name, search: `${s.name} ${s.display_name} ${s.category || ""}`.toLowerCase() },
     onclick: () => onAdd(s.name, null),
     ondragstart: (ev) => { ev.dataTransfer.setData(DRAG_MIME, s.name); ev.dataTransfer.effectAllowed = "copy"; },
