@@ -197,41 +197,41 @@ def denoise(
             denoising_start >= denoising_end):
         raise ValueError(f"Denoise: denoising_start {denoising_start} must be below "
                          f"denoising_end {denoising_end}")
-    model = unet.prepared()
-    device, dtype = model.device, model.dtype
-    sched = scheduler.build()
-    if steps > max_steps(sched):
-        raise ValueError(f"Denoise: input 'steps': {steps} is more than this scheduler "
-                         f"runs (at most {max_steps(sched)}, half its "
-                         f"{sched.config['num_train_timesteps']} training timesteps)")
-    sched.set_timesteps(steps, device=device)
-    latents, batch = match_batch(latents, positive)
-    gens = latents.generators()
-    x, timesteps, n_steps = starting_sample(sched, latents, gens, steps, strength, device,
-                                            dtype, denoising_start)
-    if 0.0 < denoising_end < 1.0:
-        timesteps = stop_early(sched, timesteps, denoising_end)
-        n_steps = min(n_steps, max(len(timesteps) // sched.order, 1))
-    use_cfg = unet.conditional and guidance_scale > 1.0
-    context, added = None, None
-    if unet.conditional:
-        context = guidance_context(positive, negative, batch, use_cfg, device, dtype)
-        if getattr(model, "needs_text_time", False):
-            added = added_conditions(model.config, positive, negative, batch, use_cfg,
-                                     pixel_size(latents), device, dtype)
-    report = StepReport(len(timesteps), n_steps, sched.order, latents)
-    with torch.no_grad():
-        for i, t in enumerate(timesteps):
-            model_in = sched.scale_model_input(torch.cat([x] * 2) if use_cfg else x, t)
-            if context is None:
-                pred = model(model_in, t)
-            else:
-                pred = model(model_in, t, encoder_hidden_states=context,
-                             added_cond_kwargs=added)
-            if use_cfg:
-                pred = combine(pred, guidance_scale)
-            out = sched.step(pred, t, x, generator=gens)
-            x = out.prev_sample
-            report(i, out)
+    with unet.running() as model:
+        device, dtype = model.device, model.dtype
+        sched = scheduler.build()
+        if steps > max_steps(sched):
+            raise ValueError(f"Denoise: input 'steps': {steps} is more than this scheduler "
+                             f"runs (at most {max_steps(sched)}, half its "
+                             f"{sched.config['num_train_timesteps']} training timesteps)")
+        sched.set_timesteps(steps, device=device)
+        latents, batch = match_batch(latents, positive)
+        gens = latents.generators()
+        x, timesteps, n_steps = starting_sample(sched, latents, gens, steps, strength, device,
+                                                dtype, denoising_start)
+        if 0.0 < denoising_end < 1.0:
+            timesteps = stop_early(sched, timesteps, denoising_end)
+            n_steps = min(n_steps, max(len(timesteps) // sched.order, 1))
+        use_cfg = unet.conditional and guidance_scale > 1.0
+        context, added = None, None
+        if unet.conditional:
+            context = guidance_context(positive, negative, batch, use_cfg, device, dtype)
+            if getattr(model, "needs_text_time", False):
+                added = added_conditions(model.config, positive, negative, batch, use_cfg,
+                                         pixel_size(latents), device, dtype)
+        report = StepReport(len(timesteps), n_steps, sched.order, latents)
+        with torch.no_grad():
+            for i, t in enumerate(timesteps):
+                model_in = sched.scale_model_input(torch.cat([x] * 2) if use_cfg else x, t)
+                if context is None:
+                    pred = model(model_in, t)
+                else:
+                    pred = model(model_in, t, encoder_hidden_states=context,
+                                 added_cond_kwargs=added)
+                if use_cfg:
+                    pred = combine(pred, guidance_scale)
+                out = sched.step(pred, t, x, generator=gens)
+                x = out.prev_sample
+                report(i, out)
     return Latent(x, latents.seeds, generator_states(gens), noise=False,
                   extra=dict(latents.extra))

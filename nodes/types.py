@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from graph_runtime import socket_type
+from graph_runtime.cache import measure
+from nodes.diffusion.lora.patching import Patch, PatchedModule, patched
 from nodes.diffusion.schedulers import scheduler_from_config
 from nodes.diffusion.unet import UNet2DConditionModel
 
@@ -77,6 +79,8 @@ class UNet:
     model: torch.nn.Module
     source: str = ""
     attention_slice: str | int | None = None
+    # LoRA patches (LoadLoRA), applied to copies of the affected weights while it runs.
+    patches: tuple[Patch, ...] = ()
 
     @property
     def conditional(self) -> bool:
@@ -84,11 +88,23 @@ class UNet:
         return isinstance(self.model, UNet2DConditionModel)
 
     def prepared(self) -> torch.nn.Module:
-        """The module with this wire's options applied."""
+        """The module with this wire's options applied (seen through its LoRA patches)."""
         setter = getattr(self.model, "set_attention_slice", None)
         if setter is not None:
             setter(self.attention_slice)
-        return self.model
+        return PatchedModule(self.model, self.patches) if self.patches else self.model
+
+    @contextmanager
+    def running(self) -> Iterator[torch.nn.Module]:
+        """`prepared()`, with the LoRA patches merged once for the whole block (a sampling
+        loop) instead of on every call; the shared module is restored afterwards."""
+        model = self.prepared()
+        with patched(self.model, self.patches):
+            yield model
+
+    def __nbytes__(self) -> dict[str, int]:
+        """A patched UNet holds only its patches: the base module is its loader's."""
+        return measure(self.patches or self.model)
 
     def with_options(self, **changes: Any) -> UNet:
         return replace(self, **changes)

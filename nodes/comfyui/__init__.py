@@ -20,6 +20,7 @@ from nodes.comfyui import (  # noqa: F401, I001  (registers the nodes)
     image,
     latent,
     loaders,
+    lora,
     sampling,
     vae,
 )

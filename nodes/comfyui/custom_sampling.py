@@ -47,8 +47,9 @@ def run_custom(guider: Guider, noise: NoiseSource, sampler: SamplerChoice, sigma
     """Sample `latent` over explicit sigmas: the shared body of both custom samplers."""
     run = SamplingRun(guider, latent, sigmas.steps)
     start = noise.generate(run.samples, latent.extra.get("batch_index"))
-    out = sample_custom(run.denoiser, start, run.samples, sigmas.sigmas, sampler.sampler,
-                        noise.seed, callback=run.callback, denoise_mask=run.mask)
+    with guider.model.unet.running():  # LoRA patches merged once for the whole run
+        out = sample_custom(run.denoiser, start, run.samples, sigmas.sigmas, sampler.sampler,
+                            noise.seed, callback=run.callback, denoise_mask=run.mask)
     return Sampled(*run.results(out))
 
 

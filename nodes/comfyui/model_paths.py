@@ -198,6 +198,9 @@ def _search_dirs(kind: str, folders: Folders) -> list[tuple[Path, bool]]:
     pairs = [(d, False) for d in dirs]
     if kind == "checkpoints":
         pairs += [(folders.models, True), (BUNDLED_MODELS, True)]
+    else:  # the shipped LoRAs of the embedded model, wherever the models folder is
+        pairs += [(BUNDLED_MODELS / sub, False) for sub in SUBFOLDERS.get(kind, (kind,))
+                  if (BUNDLED_MODELS / sub).is_dir()]
     seen: set[str] = set()
     unique = []
     for folder, flat in pairs:
@@ -211,7 +214,8 @@ def _search_dirs(kind: str, folders: Folders) -> list[tuple[Path, bool]]:
 def model_dirs(kind: str, folders: Folders) -> list[Path]:
     """The folders searched for a kind, first match wins: models/<kind> (and ComfyUI's
     other folder names for it), the extra paths (`is_default` ones first), and for
-    checkpoints the flat models/ folder and the bundled models."""
+    checkpoints the flat models/ folder and the bundled models (for other kinds, the
+    bundled models' folder of that kind)."""
     return [folder for folder, _ in _search_dirs(kind, folders)]
 
 

@@ -64,10 +64,11 @@ def sample_ksampler(model: Model, seed: int, steps: int, cfg: float, sampler_nam
     guider = Guider(model, positive, negative, cfg)
     run = SamplingRun(guider, latent, steps_run(len(sigmas), start_step, last_step))
     noise = NoiseSource(seed, add_noise).generate(run.samples, latent.extra.get("batch_index"))
-    out = ksampler.sample(run.denoiser, noise, run.samples, sigmas, sampler_name, seed,
-                          start_step=start_step, last_step=last_step,
-                          force_full_denoise=force_full_denoise, add_noise=add_noise,
-                          callback=run.callback, denoise_mask=run.mask)
+    with model.unet.running():  # LoRA patches merged once for the whole run
+        out = ksampler.sample(run.denoiser, noise, run.samples, sigmas, sampler_name, seed,
+                              start_step=start_step, last_step=last_step,
+                              force_full_denoise=force_full_denoise, add_noise=add_noise,
+                              callback=run.callback, denoise_mask=run.mask)
     return run.result(out)
 
 

@@ -2,7 +2,8 @@
 CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode, one API prompt run by
 ComfyUI's own nodes (in a subprocess) and by ours (imported, then executed), on a
 random-weight checkpoint with SD1.5's full layout that ComfyUI recognises, at 64x64 and
-4 steps. The images agree within 2/255 for the samplers users pick most.
+4 steps. The images agree within 2/255 for the samplers users pick most, and with two
+LoRAs stacked by LoraLoader (kohya files with diffusers and with LDM module names).
 
 The full sampler x scheduler table is ``benchmarks/comfyui_parity.py``.
 """
@@ -39,6 +40,23 @@ PAIRS = {
     "uni_pc": ("uni_pc", "normal"),
 }
 SIZE = 64
+LORAS = (("kohya.safetensors", 0.6, 0.8), ("kohya_ldm.safetensors", -0.4, 0.5))
+
+
+def _lora_prompt() -> dict[str, Any]:
+    """The default prompt with two LoraLoader nodes between the checkpoint and its users."""
+    prompt = _prompt("euler")
+    model, clip = ["4", 0], ["4", 1]
+    for i, (name, strength_model, strength_clip) in enumerate(LORAS):
+        nid = str(20 + i)
+        prompt[nid] = {"class_type": "LoraLoader", "inputs": {
+            "model": model, "clip": clip, "lora_name": name,
+            "strength_model": strength_model, "strength_clip": strength_clip}}
+        model, clip = [nid, 0], [nid, 1]
+    prompt["3"]["inputs"]["model"] = model
+    prompt["6"]["inputs"]["clip"] = clip
+    prompt["7"]["inputs"]["clip"] = clip
+    return prompt
 
 
 def _prompt(name: str) -> dict[str, Any]:
@@ -61,14 +79,27 @@ def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         if stale != target:
             stale.unlink(missing_ok=True)
     build_sd15_checkpoint(target)
+    _write_loras(target, root / "loras")
     return root
+
+
+def _write_loras(checkpoint: Path, folder: Path) -> None:
+    """Small random LoRAs for every UNet and text-encoder layer of the checkpoint."""
+    from nodes.diffusion.checkpoints import load_components
+    from tests.support.lora_files import write_kohya_lora
+
+    comp = load_components(checkpoint)
+    write_kohya_lora(folder / LORAS[0][0], comp, rank=4, alpha=1.0, seed=1)
+    write_kohya_lora(folder / LORAS[1][0], comp, rank=2, alpha=1.0, seed=2, ldm_keys=True)
 
 
 @pytest.fixture(scope="module")
 def comfy_images(models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every pair run once by ComfyUI (one process, the checkpoint loaded once)."""
     prompts = {name: _prompt(name) for name in PAIRS}
-    images, _ = run_comfy_prompts(prompts, models / "checkpoints", tmp_path_factory.mktemp("c"))
+    prompts["lora"] = _lora_prompt()
+    images, _ = run_comfy_prompts(prompts, models / "checkpoints", tmp_path_factory.mktemp("c"),
+                                  loras=models / "loras")
     return images
 
 
@@ -90,3 +121,14 @@ def test_default_workflow_gives_comfyuis_image(
     assert image.shape == theirs.shape
     worst = float(np.abs(image - theirs).max())
     assert worst <= 2 / 255, f"{name}: max difference {worst * 255:.2f}/255"
+
+
+def test_stacked_lora_loaders_give_comfyuis_image(comfy_images: dict[str, Any],
+                                                  ours: NoodleRunner) -> None:
+    theirs = comfy_images["lora"]
+    assert theirs.std() > 0.02
+    # The LoRAs change ComfyUI's own image, so agreeing below is not agreeing on the base.
+    assert float(np.abs(theirs - comfy_images["euler"]).max()) > 0.05
+    image = ours.image(_lora_prompt())
+    worst = float(np.abs(image - theirs).max())
+    assert worst <= 2 / 255, f"LoRA: max difference {worst * 255:.2f}/255"

@@ -197,6 +197,7 @@ def run_comfy_prompts(
     work: Path,
     node: str = "8",
     timeout: float = 900,
+    loras: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Run each named API prompt with ComfyUI's own nodes in a subprocess (see
     ``comfy_workflow_runner.py``) and return the IMAGE arrays of ``node`` by name, and the
@@ -207,6 +208,7 @@ def run_comfy_prompts(
     job = {
         "oracle": str(oracle_path()),
         "checkpoints": str(checkpoints),
+        "loras": str(loras) if loras is not None else None,
         "out": str(work / "out"),
         "runs": [{"name": n, "prompt": p, "node": node} for n, p in prompts.items()],
     }

@@ -90,6 +90,8 @@ def main(job_path: str) -> None:
     import folder_paths
 
     folder_paths.add_model_folder_path("checkpoints", job["checkpoints"], is_default=True)
+    if job.get("loras"):
+        folder_paths.add_model_folder_path("loras", job["loras"], is_default=True)
     evaluator = _Evaluator(comfy_nodes.NODE_CLASS_MAPPINGS)
     timings: dict[str, float] = {}
     with torch.inference_mode():

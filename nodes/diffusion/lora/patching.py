@@ -1,0 +1,182 @@
+"""Applying LoRA patches to a shared, cached model without ever changing it.
+
+A model that the executor has cached may be used by any later run, with or without LoRAs,
+so a LoRA is never merged into it in place. A patched model is instead a lightweight value:
+the base module plus a list of `Patch`es (one LoRA file's deltas at one strength). While a
+node runs it (`patched`), every affected parameter is swapped for a merged copy
+(base + the sum of strength x delta), and the original parameter objects are put back
+afterwards, even on error. The base weights are never written, so the base model gives
+bit-identical results after any number of LoRA runs, and at rest a LoRA costs only its own
+tensors, not a copy of the model.
+
+Merging once per run (not per step) keeps the sampling loop as fast as an unpatched model's;
+the merged copies of the affected layers exist only while the patched model runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+class Delta(Protocol):
+    """A weight difference read from a LoRA file (see `nodes.diffusion.lora.deltas`)."""
+
+    def weight(self, shape: torch.Size, dtype: torch.dtype, device: torch.device
+               ) -> torch.Tensor: ...
+
+    def tensors(self) -> Iterator[torch.Tensor]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Patch:
+    """One LoRA file's deltas for one module (parameter name -> delta) at one strength.
+
+    `label` names the file and strength in errors and logs."""
+
+    deltas: Mapping[str, Delta]
+    strength: float
+    label: str = ""
+
+    def __nbytes__(self) -> dict[str, int]:
+        """The delta tensors' bytes per device (the base model is counted by its loader)."""
+        sizes: dict[str, int] = {}
+        seen: set[int] = set()
+        for delta in self.deltas.values():
+            for t in delta.tensors():
+                if id(t) in seen:
+                    continue
+                seen.add(id(t))
+                sizes[t.device.type] = sizes.get(t.device.type, 0) + t.nelement() * t.element_size()
+        return sizes
+
+
+# The patches currently applied to each base module, so that nested uses (a sampler calling
+# the patched UNet once per step inside a run that already applied them) merge only once.
+_ACTIVE: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Patch, ...]] = (
+    weakref.WeakKeyDictionary())
+_LOCK = threading.RLock()
+
+
+def merged_weight(original: torch.Tensor, name: str, patches: Sequence[Patch]
+                  ) -> torch.Tensor | None:
+    """`original` + sum of strength x delta for parameter `name`, computed in float32 and
+    returned in the original's dtype; None when no patch touches it (or all strengths are 0)."""
+    found = [(p.deltas[name], p.strength) for p in patches
+             if name in p.deltas and p.strength != 0.0]
+    if not found:
+        return None
+    merged = original.detach().to(torch.float32, copy=True)
+    for delta, strength in found:
+        merged.add_(delta.weight(original.shape, torch.float32, original.device),
+                    alpha=strength)
+    return merged.to(original.dtype)
+
+
+def _owner(base: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    module = base.get_submodule(path) if path else base
+    if leaf not in module._parameters:
+        raise KeyError(f"{type(base).__name__} has no parameter {name!r}")
+    return module, leaf
+
+
+def _names(patches: Sequence[Patch]) -> list[str]:
+    names: dict[str, None] = {}
+    for patch in patches:
+        names.update(dict.fromkeys(patch.deltas))
+    return list(names)
+
+
+@contextmanager
+def patched(base: torch.nn.Module, patches: Sequence[Patch]) -> Iterator[torch.nn.Module]:
+    """`base` with `patches` merged into copies of the parameters they touch, for the
+    duration. Re-entrant for the same patches; the original parameters are restored after."""
+    patches = tuple(patches)
+    with _LOCK:
+        active = _ACTIVE.get(base)
+        if active is not None:
+            if active == patches:
+                yield base
+                return
+            raise RuntimeError("a model is already running with other LoRA patches; "
+                               "patched models run one at a time")
+        if not patches:
+            yield base
+            return
+        saved: list[tuple[torch.nn.Module, str, Any]] = []
+        try:
+            with torch.no_grad():
+                for name in _names(patches):
+                    module, leaf = _owner(base, name)
+                    original = module._parameters[leaf]
+                    assert original is not None
+                    merged = merged_weight(original, name, patches)
+                    if merged is None:
+                        continue
+                    saved.append((module, leaf, original))
+                    module._parameters[leaf] = torch.nn.Parameter(merged, requires_grad=False)
+            _ACTIVE[base] = patches
+            yield base
+        finally:
+            _ACTIVE.pop(base, None)
+            for module, leaf, original in reversed(saved):
+                module._parameters[leaf] = original
+
+
+class PatchedModule(torch.nn.Module):
+    """A base module seen through LoRA patches: calling it runs the base with the patches
+    applied (merged once per call, or once for a whole `running()` block); every other
+    attribute is the base's, so code written for the base model (its config, dtype,
+    submodules) works on it unchanged. The base is shared, never changed."""
+
+    def __init__(self, base: torch.nn.Module, patches: Sequence[Patch]) -> None:
+        super().__init__()
+        self.base = base
+        object.__setattr__(self, "patches", tuple(patches))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or "base" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["base"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with patched(self.base, self.patches):
+            return self.base(*args, **kwargs)
+
+    @contextmanager
+    def running(self) -> Iterator[PatchedModule]:
+        """Keep the patches applied for a block of calls (a whole sampling loop)."""
+        with patched(self.base, self.patches):
+            yield self
+
+    def __nbytes__(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for patch in self.patches:
+            for device, n in patch.__nbytes__().items():
+                sizes[device] = sizes.get(device, 0) + n
+        return sizes
+
+
+def unpatched(module: torch.nn.Module) -> tuple[torch.nn.Module, tuple[Patch, ...]]:
+    """The base module and the patches already on it (none for a plain module)."""
+    if isinstance(module, PatchedModule):
+        return module.base, module.patches
+    return module, ()
+
+
+def with_patch(module: torch.nn.Module, patch: Patch | None) -> torch.nn.Module:
+    """`module` with one more patch (stacked after its own); unchanged for None."""
+    if patch is None or not patch.deltas:
+        return module
+    base, patches = unpatched(module)
+    return PatchedModule(base, (*patches, patch))
