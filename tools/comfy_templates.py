@@ -135,6 +135,7 @@ def check(name: str, executor: Any, registry: Any, folders: Any) -> Row:
 def report() -> list[Row]:
     """Every row, run in a scratch folder with the full node library."""
     import numpy as np
+    import torch
     from PIL import Image
 
     import nodes  # noqa: F401  (registers the node library)
@@ -153,6 +154,11 @@ def report() -> list[Row]:
         (folders.models / "vae").mkdir(parents=True)
         shutil.copy(BUNDLED_MODELS / "noodle-tiny" / "vae" / "diffusion_pytorch_model.safetensors",
                     folders.models / "vae" / TINY_VAE)
+        # embedding_example's `embedding:SDA768.pt`: a stand-in one-vector embedding as wide
+        # as the embedded model's text encoder.
+        (folders.models / "embeddings").mkdir(parents=True)
+        torch.save({"string_to_param": {"*": torch.zeros(1, 32)}},
+                   folders.models / "embeddings" / "SDA768.pt")
         pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
         Image.fromarray(pixels).save(folders.input / "template_input.png")
         executor = Executor(REGISTRY, OutputCache(), folders=folders)

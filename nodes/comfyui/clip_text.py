@@ -14,11 +14,19 @@ penultimate layer without the norm (clip skip moves both). A requested layer dee
 encoder has means its last layer. SDXL concatenates L's and G's states along the features
 and takes G's projected pooled output; OpenCLIP-G's windows pad with token 0, not with the
 end token.
+
+Given a lookup, `embedding:name` puts the embedding's n vectors into the window at that
+place, as n tokens carrying the weight of their bracket group; they are encoded as extra
+rows of the token table (`nodes.textual_inversion.extra_token_vectors`). Each encoder reads
+the vectors as wide as it is (an SDXL file's `clip_l` for L, `clip_g` for G). Vectors no
+encoder width fits are dropped from that encoder's window the way ComfyUI drops them: the
+tokens after them move up, padding fills the end, and the weights stay where they were.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +34,9 @@ import torch
 
 from nodes.comfyui.prompt_syntax import prompt_words
 from nodes.comfyui.types import Clip
+from nodes.textual_inversion import Embedding, extra_token_vectors
+
+log = logging.getLogger("noodle.comfyui")
 
 WINDOW = 77
 # Words of this many tokens or more may be split across windows.
@@ -34,16 +45,46 @@ LONG_WORD = 8
 G_PAD = 0
 # SDXL reads both encoders at the penultimate layer.
 SDXL_LAYER = -2
+# The id an embedding vector's place holds until it is encoded (see `Window.vectors`).
+EMBEDDING_SLOT = -1
+# The tensor an encoder's `embedding:` words prefer in SDXL files, by ComfyUI's names.
+KINDS = {"l": "clip_l", "g": "clip_g"}
 
 Tokens = Mapping[str, list["Window"]]
+Lookup = Callable[[str], Embedding | None]
+# A place in a window: a token id, an embedding vector, or None for a vector the encoder
+# cannot read (dropped when the window is finished).
+Entry = tuple[int | torch.Tensor | None, float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Window:
-    """One 77-token window: ids and a weight per token."""
+    """One 77-token window: ids and a weight per token, and the embedding vectors by
+    position (their ids are `EMBEDDING_SLOT`)."""
 
     ids: tuple[int, ...]
     weights: tuple[float, ...]
+    vectors: tuple[tuple[int, torch.Tensor], ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbeddingSource:
+    """How one encoder reads `embedding:` words: the lookup by name, its width, and which
+    of an SDXL file's tensors it prefers."""
+
+    lookup: Lookup
+    width: int
+    kind: str
+
+    def entries(self, embedding: Embedding, weight: float) -> list[Entry]:
+        """The embedding's vectors as window entries; None for each one when no tensor
+        of the file is as wide as the encoder (ComfyUI ignores them, with a warning)."""
+        try:
+            rows = embedding.for_width(self.width, self.kind)
+        except ValueError as exc:
+            log.warning("%s; ignored by this encoder", exc)
+            return [(None, weight)] * int(embedding.preferred(self.kind).shape[0])
+        return [(row, weight) for row in rows]
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +100,11 @@ class Reader:
     layer: int | None
     norm_hidden: bool
     projected: bool
+    kind: str = "clip_l"
+
+    @property
+    def width(self) -> int:
+        return int(self.model.config.hidden_size)
 
 
 def _special_ids(tokenizer: object) -> tuple[int, int]:
@@ -69,19 +115,41 @@ def _special_ids(tokenizer: object) -> tuple[int, int]:
     return int(start), int(end)
 
 
-def tokenize(tokenizer: object, text: str, pad: int | None = None) -> list[Window]:
+def _word_entries(tokenizer: Any, text: str, source: EmbeddingSource | None
+                  ) -> list[list[Entry]]:
+    """Each word's (or embedding's) entries, in order."""
+    words: list[list[Entry]] = []
+    for word, weight in prompt_words(text, source.lookup if source is not None else None):
+        if isinstance(word, str):
+            ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
+            words.append([(int(t), weight) for t in ids])
+        else:
+            assert source is not None
+            words.append(source.entries(word, weight))
+    return words
+
+
+def _finish(entries: list[Entry], fill: int) -> Window:
+    """A window from its entries: vectors the encoder cannot read leave their place and
+    padding fills the end, while every weight stays at its position (as in ComfyUI)."""
+    weights = tuple(w for _, w in entries)
+    kept = [t for t, _ in entries if t is not None]
+    kept += [fill] * (len(entries) - len(kept))
+    ids = tuple(EMBEDDING_SLOT if isinstance(t, torch.Tensor) else int(t) for t in kept)
+    vectors = tuple((i, t) for i, t in enumerate(kept) if isinstance(t, torch.Tensor))
+    return Window(ids, weights, vectors)
+
+
+def tokenize(tokenizer: Any, text: str, pad: int | None = None,
+             source: EmbeddingSource | None = None) -> list[Window]:
     """The prompt in 77-token windows (see the module docstring), padded with `pad`
-    (the end token when None)."""
+    (the end token when None); `source` reads `embedding:` words (None: dropped)."""
     start, end = _special_ids(tokenizer)
     fill = end if pad is None else pad
-    words: list[list[tuple[int, float]]] = []
-    for word, weight in prompt_words(text):
-        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))  # type: ignore[attr-defined]
-        words.append([(int(t), weight) for t in ids])
-    windows: list[list[tuple[int, float]]] = [[(start, 1.0)]]
+    windows: list[list[Entry]] = [[(start, 1.0)]]
     current = windows[0]
     room = WINDOW - 1  # the end token always takes the last place
-    for group in words:
+    for group in _word_entries(tokenizer, text, source):
         long_word = len(group) >= LONG_WORD
         while group:
             if len(current) + len(group) <= room:
@@ -99,7 +167,7 @@ def tokenize(tokenizer: object, text: str, pad: int | None = None) -> list[Windo
             windows.append(current)
     current.append((end, 1.0))
     current.extend([(fill, 1.0)] * (WINDOW - len(current)))
-    return [Window(tuple(t for t, _ in w), tuple(x for _, x in w)) for w in windows]
+    return [_finish(w, fill) for w in windows]
 
 
 def _layer(requested: int | None, default: int | None, model: torch.nn.Module) -> int | None:
@@ -124,17 +192,22 @@ def readers(clip: Clip) -> dict[str, Reader]:
                           _layer(clip.layer, SDXL_LAYER, clip.text_encoder), False, False)
     assert clip.text_encoder_2 is not None
     out["g"] = Reader(clip.tokenizer_2, clip.text_encoder_2, G_PAD,
-                      _layer(clip.layer, SDXL_LAYER, clip.text_encoder_2), False, True)
+                      _layer(clip.layer, SDXL_LAYER, clip.text_encoder_2), False, True,
+                      KINDS["g"])
     return out
 
 
-def _hidden(reader: Reader, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _hidden(reader: Reader, ids: torch.Tensor, extra: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token states of the reader's layer and the pooled output (always from the last
-    layer, at the first end token), both float32."""
+    layer, at the first end token), both float32. With `extra` ids (embedding vectors)
+    the end token is found here: a model config with the old end-token id would take the
+    largest id, an extra one."""
     model = reader.model
     device = next(model.parameters()).device
+    ids = ids.to(device)
     with torch.no_grad():
-        out = model(ids.to(device), output_hidden_states=reader.layer is not None)
+        out = model(ids, output_hidden_states=reader.layer is not None)
         if reader.layer is None:
             states = out.last_hidden_state
         else:
@@ -142,8 +215,27 @@ def _hidden(reader: Reader, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
             if reader.norm_hidden:
                 inner = getattr(model, "text_model", model)
                 states = inner.final_layer_norm(states)
-    pooled = out.text_embeds if reader.projected else out.pooler_output
+        pooled = out.text_embeds if reader.projected else out.pooler_output
+        if extra:
+            end = _special_ids(reader.tokenizer)[1]
+            at = (ids == end).int().argmax(dim=-1)
+            pooled = out.last_hidden_state[torch.arange(ids.shape[0], device=device), at]
+            if reader.projected:
+                pooled = model.text_projection(pooled)
     return states.float(), pooled.float()
+
+
+def _with_vectors(reader: Reader, rows: list[list[int]], windows: list[Window]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_hidden` with the windows' embedding vectors as extra rows of the token table."""
+    vectors = [v for win in windows for _, v in win.vectors]
+    with extra_token_vectors(reader.model, torch.stack(vectors)) as first:
+        next_id = first
+        for row, win in zip(rows, windows, strict=False):
+            for position, _ in win.vectors:
+                row[position] = next_id
+                next_id += 1
+        return _hidden(reader, torch.tensor(rows, dtype=torch.long), extra=True)
 
 
 def encode_windows(reader: Reader, windows: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +247,10 @@ def encode_windows(reader: Reader, windows: list[Window]) -> tuple[torch.Tensor,
         start, end = _special_ids(reader.tokenizer)
         fill = end if reader.pad is None else reader.pad
         rows.append([start, end] + [fill] * (WINDOW - 2))
-    states, pooled = _hidden(reader, torch.tensor(rows, dtype=torch.long))
+    if any(win.vectors for win in windows):
+        states, pooled = _with_vectors(reader, rows, windows)
+    else:
+        states, pooled = _hidden(reader, torch.tensor(rows, dtype=torch.long))
     parts = []
     for k, win in enumerate(windows):
         z = states[k]
@@ -167,9 +262,15 @@ def encode_windows(reader: Reader, windows: list[Window]) -> tuple[torch.Tensor,
     return torch.cat(parts)[None], pooled[:1]
 
 
-def tokenize_all(clip: Clip, text: str) -> dict[str, list[Window]]:
-    """The prompt's windows for each encoder of the CLIP."""
-    return {name: tokenize(r.tokenizer, text, r.pad) for name, r in readers(clip).items()}
+def _source(reader: Reader, lookup: Lookup | None) -> EmbeddingSource | None:
+    return None if lookup is None else EmbeddingSource(lookup, reader.width, reader.kind)
+
+
+def tokenize_all(clip: Clip, text: str, lookup: Lookup | None = None
+                 ) -> dict[str, list[Window]]:
+    """The prompt's windows for each encoder of the CLIP (`lookup` finds embeddings)."""
+    return {name: tokenize(r.tokenizer, text, r.pad, _source(r, lookup))
+            for name, r in readers(clip).items()}
 
 
 def encode_tokens(clip: Clip, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,12 +287,14 @@ def encode_tokens(clip: Clip, tokens: Tokens) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat([l_states[:, :cut], g_states[:, :cut]], dim=-1), g_pooled
 
 
-def encode(clip: Clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(clip: Clip, text: str, lookup: Lookup | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(embeds [1, 77 * windows, D], pooled [1, P])` for a prompt."""
-    return encode_tokens(clip, tokenize_all(clip, text))
+    return encode_tokens(clip, tokenize_all(clip, text, lookup))
 
 
-def sdxl_tokens(clip: Clip, text_g: str, text_l: str) -> dict[str, list[Window]]:
+def sdxl_tokens(clip: Clip, text_g: str, text_l: str, lookup: Lookup | None = None
+                ) -> dict[str, list[Window]]:
     """CLIPTextEncodeSDXL's windows: G reads `text_g`, L reads `text_l`, and the side with
     fewer windows gets empty-prompt windows until both have as many. (The refiner reads
     only G, but `text_l`'s window count still pads G, as in ComfyUI.)"""
@@ -201,8 +304,9 @@ def sdxl_tokens(clip: Clip, text_g: str, text_l: str) -> dict[str, list[Window]]
                          "CLIPTextEncode")
     g_reader = found["g"]
     l_tokenizer = found["l"].tokenizer if "l" in found else g_reader.tokenizer
-    g = tokenize(g_reader.tokenizer, text_g, G_PAD)
-    lw = tokenize(l_tokenizer, text_l)
+    l_reader = found.get("l", g_reader)
+    g = tokenize(g_reader.tokenizer, text_g, G_PAD, _source(g_reader, lookup))
+    lw = tokenize(l_tokenizer, text_l, None, _source(l_reader, lookup))
     while len(lw) < len(g):
         lw += tokenize(l_tokenizer, "")
     while len(g) < len(lw):

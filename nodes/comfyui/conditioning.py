@@ -14,6 +14,7 @@ import torch
 
 from graph_runtime import Choice, Float, Int, Text, node
 from nodes.comfyui import clip_text
+from nodes.comfyui.prompt_embeddings import check_embeddings, embeddings_changed, run_lookup
 from nodes.comfyui.types import Clip
 from nodes.types import Conditioning, CondPart, Mask
 
@@ -32,12 +33,15 @@ def _set(conditioning: Conditioning, **values: Any) -> Conditioning:
 
 
 @node("CLIPTextEncode", category="ComfyUI/conditioning", output="CONDITIONING",
-      display_name="CLIP Text Encode (Prompt)")
+      display_name="CLIP Text Encode (Prompt)", check_inputs=check_embeddings("text"),
+      fingerprint=embeddings_changed("text"))
 def clip_text_encode(text: Annotated[str, Text(multiline=True)] = "", *,
                      clip: Clip) -> Conditioning:
     """Encode a prompt as ComfyUI does: no truncation (77-token windows, concatenated),
-    `(words:1.2)` weights, and the CLIP's last layer setting."""
-    embeds, pooled = clip_text.encode(clip, text)
+    `(words:1.2)` weights, `embedding:name` (models/embeddings) and the CLIP's last layer
+    setting."""
+    with run_lookup() as lookup:
+        embeds, pooled = clip_text.encode(clip, text, lookup)
     return Conditioning(embeds, prompts=(text,), options={"pooled_output": pooled})
 
 

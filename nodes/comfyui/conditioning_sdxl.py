@@ -15,6 +15,7 @@ from typing import Annotated
 from graph_runtime import Float, Int, Text, node
 from nodes.comfyui import clip_text
 from nodes.comfyui.conditioning import MAX_RESOLUTION
+from nodes.comfyui.prompt_embeddings import check_embeddings, embeddings_changed, run_lookup
 from nodes.comfyui.types import Clip
 from nodes.types import Conditioning
 
@@ -24,7 +25,8 @@ Score = Annotated[float, Float(min=0.0, max=1000.0, step=0.01)]
 
 
 @node("CLIPTextEncodeSDXL", category="ComfyUI/advanced/conditioning", output="CONDITIONING",
-      display_name="CLIPTextEncodeSDXL")
+      display_name="CLIPTextEncodeSDXL", check_inputs=check_embeddings("text_g", "text_l"),
+      fingerprint=embeddings_changed("text_g", "text_l"))
 def clip_text_encode_sdxl(
     clip: Clip,
     width: Size = 1024,
@@ -38,14 +40,17 @@ def clip_text_encode_sdxl(
 ) -> Conditioning:
     """Encode a prompt for SDXL: `text_g` for the OpenCLIP-G encoder, `text_l` for CLIP-L,
     with the image's original size, crop offset and target size."""
-    embeds, pooled = clip_text.encode_tokens(clip, clip_text.sdxl_tokens(clip, text_g, text_l))
+    with run_lookup() as lookup:
+        tokens = clip_text.sdxl_tokens(clip, text_g, text_l, lookup)
+        embeds, pooled = clip_text.encode_tokens(clip, tokens)
     return Conditioning(embeds, prompts=(text_g,), options={
         "pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w,
         "crop_h": crop_h, "target_width": target_width, "target_height": target_height})
 
 
 @node("CLIPTextEncodeSDXLRefiner", category="ComfyUI/advanced/conditioning",
-      output="CONDITIONING", display_name="CLIPTextEncodeSDXLRefiner")
+      output="CONDITIONING", display_name="CLIPTextEncodeSDXLRefiner",
+      check_inputs=check_embeddings("text"), fingerprint=embeddings_changed("text"))
 def clip_text_encode_sdxl_refiner(
     ascore: Score = 6.0,
     width: Size = 1024,
@@ -56,6 +61,7 @@ def clip_text_encode_sdxl_refiner(
 ) -> Conditioning:
     """Encode a prompt for the SDXL refiner with the aesthetic score to aim for (high for
     the positive prompt, low for the negative) and the image's original size."""
-    embeds, pooled = clip_text.encode(clip, text)
+    with run_lookup() as lookup:
+        embeds, pooled = clip_text.encode(clip, text, lookup)
     return Conditioning(embeds, prompts=(text,), options={
         "pooled_output": pooled, "aesthetic_score": ascore, "width": width, "height": height})

@@ -3,23 +3,40 @@
 
 A group in parentheses multiplies the weight around it by 1.1, unless it ends in `:number`,
 which then sets the weight outright; groups nest. Escaped parentheses are literal text.
-Words that name an embedding (`embedding:name`) are split off; this pack does not load
-embeddings yet, and ComfyUI drops a reference whose file it cannot find, so the reference
-is dropped here too (with a warning) and the text after it is kept.
+Words that name an embedding (`embedding:name`, after a space, a line break or at the start
+of a group) are split off and looked up by name: `name` is the word up to the next
+whitespace, and when no file has that name but it ends in commas, the name without them
+(the commas stay as text). Text after the name is kept. Without a lookup (the folders are
+not known) a reference is dropped with a warning, as ComfyUI drops one it cannot find;
+with one, a name no folder has is an error (`UnknownEmbeddings`), never silently lost.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from nodes.textual_inversion import EMBEDDING_PREFIX
 
 log = logging.getLogger("noodle.comfyui")
 
 EMPHASIS = 1.1
-EMBEDDING = "embedding:"
+EMBEDDING = EMBEDDING_PREFIX
 # Placeholders for escaped parentheses while the groups are found.
 _OPEN, _CLOSE = "\0\2", "\0\1"
 _EMBEDDING_SPLIT = re.compile(f" {EMBEDDING}|\n{EMBEDDING}")
+
+T = TypeVar("T")
+
+
+class UnknownEmbeddings(ValueError):
+    """A prompt names embeddings that no folder has (`names`, as written)."""
+
+    def __init__(self, names: list[str], message: str | None = None) -> None:
+        self.names = names
+        super().__init__(message or "; ".join(f"unknown embedding {n!r}" for n in names))
 
 
 def _escape(text: str) -> str:
@@ -81,26 +98,46 @@ def weighted_segments(text: str) -> list[tuple[str, float]]:
     return [(_unescape(part), w) for part, w in _weighted(_escape(text), 1.0)]
 
 
-def _drop_embedding(word: str) -> str:
-    """The text left after a reference to an embedding we cannot load."""
-    rest = word[len(EMBEDDING):].strip("\n")
-    pieces = rest.split()
-    name, leftover = (pieces[0], " ".join(pieces[1:])) if pieces else ("", "")
-    log.warning("embedding %r: embeddings are not loaded by this pack yet; ignored", name)
+def _split_reference(word: str) -> tuple[str, str]:
+    """(name, text after it) of a word starting with `embedding:`."""
+    pieces = word[len(EMBEDDING):].strip("\n").split()
+    return (pieces[0], " ".join(pieces[1:])) if pieces else ("", "")
+
+
+def _resolve(word: str, lookup: Callable[[str], T | None] | None
+             ) -> tuple[T | None, str, str]:
+    """(what the lookup found or None, the name tried last, the text left to tokenize)
+    for a reference: the name as written, then without trailing commas."""
+    name, leftover = _split_reference(word)
+    found = lookup(name) if lookup is not None and name else None
     stripped = name.strip(",")
-    if len(stripped) < len(name):
-        return f"{name[len(stripped):]} {leftover}"
-    return leftover
+    if found is None and len(stripped) < len(name):
+        found = lookup(stripped) if lookup is not None and stripped else None
+        return found, stripped, f"{name[len(stripped):]} {leftover}"
+    return found, name, leftover
 
 
-def prompt_words(text: str) -> list[tuple[str, float]]:
-    """The (text, weight) pieces to tokenize one by one, embedding references removed."""
-    out: list[tuple[str, float]] = []
+def prompt_words(text: str, lookup: Callable[[str], T | None] | None = None
+                 ) -> list[tuple[str | T, float]]:
+    """The pieces to tokenize one by one, with their weights: text, or what `lookup` found
+    for an embedding reference. Raises `UnknownEmbeddings` (all of them) for names the
+    lookup does not find; without a lookup, references are dropped with a warning."""
+    out: list[tuple[str | T, float]] = []
+    missing: list[str] = []
     for segment, weight in weighted_segments(text):
         first, *rest = _EMBEDDING_SPLIT.split(segment)
         for word in [first, *(EMBEDDING + r for r in rest)]:
             if word.startswith(EMBEDDING):
-                word = _drop_embedding(word)
+                found, name, word = _resolve(word, lookup)
+                if found is not None:
+                    out.append((found, weight))
+                elif lookup is None or not name:
+                    log.warning("embedding %r ignored: %s", name, "no embedding folders to "
+                                "look in" if name else "no name after `embedding:`")
+                else:
+                    missing.append(name)
             if word:
                 out.append((word, weight))
+    if missing:
+        raise UnknownEmbeddings(list(dict.fromkeys(missing)))
     return out

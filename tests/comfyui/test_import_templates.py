@@ -80,8 +80,12 @@ def test_template_imports_node_for_node_and_link_for_link(name: str, library: Re
         checked += 1
     assert checked > 0
     for error in validate(wf, library):
+        # Files the template names that this machine does not have: models, images and
+        # embeddings (a prompt's `embedding:name`).
         assert error["code"] == "unknown_node_type" or (
-            error["code"] == "invalid_choice" and error["input"] in FILE_INPUTS), error
+            error["code"] == "invalid_choice" and error["input"] in FILE_INPUTS) or (
+            error["code"] == "invalid_combination" and error["input"] == "text"
+            and "unknown embedding" in error["message"]), error
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
