@@ -123,8 +123,7 @@ def test_sd1_two_stacked_loras_equal_diffusers(tiny_sd: TinyModel, tmp_path: Pat
            tmp_path)
 
 
-@pytest.mark.parametrize(("layout", "strength"), [("kohya-ldm", 0.5), ("kohya-ldm", 1.0),
-                                                  ("peft", 1.0)])
+@pytest.mark.parametrize(("layout", "strength"), [("kohya-ldm", 0.5), ("peft", 1.0)])
 def test_sdxl_lora_equals_diffusers(layout: str, strength: float, tiny_sdxl: TinySDXL,
                                     tmp_path: Path) -> None:
     _check(tiny_sdxl.base.folder, "StableDiffusionXLPipeline", [layout], [strength], tmp_path)

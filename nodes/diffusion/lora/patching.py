@@ -3,14 +3,15 @@
 A model that the executor has cached may be used by any later run, with or without LoRAs,
 so a LoRA is never merged into it in place. A patched model is instead a lightweight value:
 the base module plus a list of `Patch`es (one LoRA file's deltas at one strength). While a
-node runs it (`patched`), every affected parameter is swapped for a merged copy
+node runs it (`patched`), affected parameters are swapped for merged copies
 (base + the sum of strength x delta), and the original parameter objects are put back
-afterwards, even on error. The base weights are never written, so the base model gives
+afterwards, even on error. The base weights are never changed, so the base model gives
 bit-identical results after any number of LoRA runs, and at rest a LoRA costs only its own
 tensors, not a copy of the model.
 
-Merging once per run (not per step) keeps the sampling loop as fast as an unpatched model's;
-the merged copies of the affected layers exist only while the patched model runs.
+On an accelerator every affected weight is merged once per run, so the sampling loop runs
+as fast as an unpatched model's; on the CPU, where a copy of every affected weight would
+double their memory, each layer is merged just while it runs (`layerwise`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+
+from nodes.diffusion.lora.layerwise import merged_per_layer
 
 
 class Delta(Protocol):
@@ -95,9 +98,47 @@ def _names(patches: Sequence[Patch]) -> list[str]:
 
 
 @contextmanager
-def patched(base: torch.nn.Module, patches: Sequence[Patch]) -> Iterator[torch.nn.Module]:
-    """`base` with `patches` merged into copies of the parameters they touch, for the
-    duration. Re-entrant for the same patches; the original parameters are restored after."""
+def _merged_at_once(base: torch.nn.Module, patches: tuple[Patch, ...]) -> Iterator[None]:
+    """Every affected parameter swapped for its merged copy for the whole block. On an
+    accelerator the originals wait in CPU memory meanwhile (exact copies, moved back after),
+    so the device holds one version of each weight, as an in-place merge would."""
+    saved: list[tuple[torch.nn.Module, str, Any, torch.device]] = []
+    try:
+        with torch.no_grad():
+            for name in _names(patches):
+                module, leaf = _owner(base, name)
+                original = module._parameters[leaf]
+                assert original is not None
+                merged = merged_weight(original, name, patches)
+                if merged is None:
+                    continue
+                device = original.device
+                module._parameters[leaf] = torch.nn.Parameter(merged, requires_grad=False)
+                saved.append((module, leaf, original, device))
+                if device.type != "cpu":
+                    original.data = original.data.to("cpu")
+        yield
+    finally:
+        for module, leaf, original, device in reversed(saved):
+            if original.device != device:
+                original.data = original.data.to(device)
+            module._parameters[leaf] = original
+
+
+def merge_strategy(base: torch.nn.Module) -> str:
+    """"at_once" for a model on an accelerator (fast steps; the originals wait in CPU
+    memory), "per_layer" for one in CPU memory (a merged copy of every affected weight
+    would sit beside the originals in the same memory)."""
+    first = next(base.parameters(), None)
+    return "per_layer" if first is None or first.device.type == "cpu" else "at_once"
+
+
+@contextmanager
+def patched(base: torch.nn.Module, patches: Sequence[Patch], strategy: str | None = None
+            ) -> Iterator[torch.nn.Module]:
+    """`base` running with `patches` merged into copies of the parameters they touch, for
+    the duration (`strategy`: "at_once" or "per_layer", by default `merge_strategy`).
+    Re-entrant for the same patches; the original parameters are restored after."""
     patches = tuple(patches)
     with _LOCK:
         active = _ACTIVE.get(base)
@@ -110,24 +151,20 @@ def patched(base: torch.nn.Module, patches: Sequence[Patch]) -> Iterator[torch.n
         if not patches:
             yield base
             return
-        saved: list[tuple[torch.nn.Module, str, Any]] = []
-        try:
-            with torch.no_grad():
-                for name in _names(patches):
-                    module, leaf = _owner(base, name)
-                    original = module._parameters[leaf]
-                    assert original is not None
-                    merged = merged_weight(original, name, patches)
-                    if merged is None:
-                        continue
-                    saved.append((module, leaf, original))
-                    module._parameters[leaf] = torch.nn.Parameter(merged, requires_grad=False)
+        strategy = strategy or merge_strategy(base)
+        if strategy == "at_once":
+            block = _merged_at_once(base, patches)
+        elif strategy == "per_layer":
+            block = merged_per_layer(base, _names(patches),
+                                     lambda name, w: merged_weight(w, name, patches))
+        else:
+            raise ValueError(f"unknown LoRA merge strategy {strategy!r}")
+        with block:
             _ACTIVE[base] = patches
-            yield base
-        finally:
-            _ACTIVE.pop(base, None)
-            for module, leaf, original in reversed(saved):
-                module._parameters[leaf] = original
+            try:
+                yield base
+            finally:
+                _ACTIVE.pop(base, None)
 
 
 class PatchedModule(torch.nn.Module):
