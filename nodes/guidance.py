@@ -8,10 +8,13 @@ Batch rules (one place, so every sampler agrees):
 - N*k latents with N prompts: k images per prompt, consecutive (diffusers'
   `num_images_per_prompt`).
 The unconditional half is the wired negative conditioning, else the empty prompt's
-embedding that the encoding node computed (diffusers' default).
+embedding that the encoding node computed (diffusers' default). Positive and negative
+embeddings of different lengths (long prompts) are repeated to a common length.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -61,10 +64,21 @@ def guidance_context(positive: Conditioning, negative: Conditioning | None, batc
     else:
         raise ValueError("Denoise: guidance needs an unconditional input; link 'negative' "
                          "(the positive conditioning carries no empty-prompt embedding)")
-    if uncond.shape[1:] != cond.shape[1:]:
+    if uncond.shape[2:] != cond.shape[2:]:
         raise ValueError(f"Denoise: negative embeddings {tuple(uncond.shape[1:])} do not "
-                         f"match positive {tuple(cond.shape[1:])}; tokenize both alike")
+                         f"match positive {tuple(cond.shape[1:])}; encode both with the "
+                         "same text encoder")
+    uncond, cond = matched_lengths(uncond, cond)
     return torch.cat([uncond, cond]).to(device, dtype)
+
+
+def matched_lengths(*embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Embeddings `[B, L_i, D]` of unequal sequence lengths (a long prompt is several
+    77-token windows) repeated along the sequence to the least common multiple of the
+    lengths, ComfyUI's rule, so a 154-token prompt pairs with a 77-token negative."""
+    target = math.lcm(*(int(e.shape[1]) for e in embeds))
+    return tuple(e if e.shape[1] == target else e.repeat(1, target // e.shape[1], 1)
+                 for e in embeds)
 
 
 def combine(noise_pred: torch.Tensor, guidance_scale: float) -> torch.Tensor:

@@ -203,6 +203,9 @@ class Tokens:
 
     The empty prompt rides along so the encoder can produce the unconditional embedding
     that classifier-free guidance falls back to when no negative prompt is wired.
+    A long prompt is several `window`-token windows side by side (L = window x count),
+    each encoded on its own; ids below 0 are rows of the `embeddings`' vectors (-1 the
+    first), which the encoder appends to its token table.
     """
 
     input_ids: torch.Tensor  # [N, L] int64
@@ -212,6 +215,15 @@ class Tokens:
     prompts: tuple[str, ...] = ()
     # The same prompts through SDXL's second tokenizer.
     second: Tokens | None = None
+    # Tokens per encoder window (0: all of L is one window).
+    window: int = 0
+    # Per-token weights [N, L] (None: all 1) and the syntax they came from (nodes.text).
+    weights: torch.Tensor | None = None
+    weighting: str = "none"
+    # Textual-inversion embeddings (nodes.textual_inversion.Embedding) the prompts use.
+    embeddings: tuple[Any, ...] = ()
+    # `comfy` weighting: the prompts for the ComfyUI pack's encoder (nodes.prompt_comfy).
+    comfy: Any = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -52,7 +52,8 @@ def test_tokenize_pads_to_77_and_truncates(parts: Any) -> None:
 
     ref = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER))
     long = " ".join(["red"] * 100)
-    tokens = text.tokenize(parts.tokenizer, f"a red circle\n{long}", batch=True)
+    tokens = text.tokenize(parts.tokenizer, f"a red circle\n{long}", batch=True,
+                           long_prompts="truncate")
     assert tuple(tokens.input_ids.shape) == (2, 77)
     expected = ref(["a red circle", long], padding="max_length", max_length=77,
                    truncation=True, return_tensors="pt").input_ids
