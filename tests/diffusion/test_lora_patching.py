@@ -5,7 +5,6 @@ when the run fails, and merging layer by layer never holds many merged copies at
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -122,7 +121,7 @@ def test_a_failing_run_restores_the_base(parts) -> None:
         not m._forward_pre_hooks and not m._forward_hooks for m in unet.modules())
 
 
-def test_other_patches_on_a_running_model_are_refused(parts, tmp_path: Path) -> None:
+def test_other_patches_on_a_running_model_are_refused(parts) -> None:
     unet, _, deltas = parts
     first, second = Patch(deltas["unet"], 1.0), Patch(deltas["unet"], 0.5)
     with patched(unet, [first]):
@@ -130,3 +129,15 @@ def test_other_patches_on_a_running_model_are_refused(parts, tmp_path: Path) -> 
             pass
         with pytest.raises(RuntimeError, match="other LoRA patches"), patched(unet, [second]):
             pass
+
+
+def test_the_merge_strategy_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodes.diffusion.lora.patching import STRATEGY_ENV, merge_strategy
+
+    monkeypatch.delenv(STRATEGY_ENV, raising=False)
+    assert merge_strategy() == "at_once"
+    monkeypatch.setenv(STRATEGY_ENV, "per_layer")
+    assert merge_strategy() == "per_layer"
+    monkeypatch.setenv(STRATEGY_ENV, "sometimes")
+    with pytest.raises(ValueError, match=STRATEGY_ENV):
+        merge_strategy()

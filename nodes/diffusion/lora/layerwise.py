@@ -1,10 +1,10 @@
-"""LoRA patches merged layer by layer while a model runs, for models held in CPU memory.
+"""LoRA patches merged layer by layer while a model runs, when memory is tightest.
 
 Merging every affected weight at once costs a copy of all of them beside the originals
 (a LoRA on SD 1.5's attention layers touches about a gigabyte of weights). Here each patched
 parameter is swapped for its merged copy just before the module that reads it runs and
 swapped back right after, so only a few layers' copies exist at any moment; the price is
-merging again on every call, which on the CPU is a few percent of a UNet step.
+merging again on every call (on the CPU, about as long as the UNet step itself).
 
 The module that reads a weight is usually its owner (an `nn.Linear` called as a module),
 but some layers' weights are read directly by the module around them (a fused projection,

@@ -9,9 +9,11 @@ afterwards, even on error. The base weights are never changed, so the base model
 bit-identical results after any number of LoRA runs, and at rest a LoRA costs only its own
 tensors, not a copy of the model.
 
-On an accelerator every affected weight is merged once per run, so the sampling loop runs
-as fast as an unpatched model's; on the CPU, where a copy of every affected weight would
-double their memory, each layer is merged just while it runs (`layerwise`).
+By default every affected weight is merged once per run, so the sampling loop runs as fast
+as an unpatched model's; on an accelerator the originals wait in CPU memory meanwhile, so
+the device holds one version of each weight. Where even that is too much memory
+(NOODLE_LORA_MERGE=per_layer), each layer is merged just while it runs (`layerwise`), at
+the cost of merging again on every step.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
+from graph_runtime.settings import document_env, env
 from nodes.diffusion.lora.layerwise import merged_per_layer
 
 
@@ -125,19 +128,26 @@ def _merged_at_once(base: torch.nn.Module, patches: tuple[Patch, ...]) -> Iterat
             module._parameters[leaf] = original
 
 
-def merge_strategy(base: torch.nn.Module) -> str:
-    """"at_once" for a model on an accelerator (fast steps; the originals wait in CPU
-    memory), "per_layer" for one in CPU memory (a merged copy of every affected weight
-    would sit beside the originals in the same memory)."""
-    first = next(base.parameters(), None)
-    return "per_layer" if first is None or first.device.type == "cpu" else "at_once"
+STRATEGY_ENV = "NOODLE_LORA_MERGE"
+document_env(STRATEGY_ENV, "how LoRA patches are merged while a model runs: at_once (the "
+             "default: fastest steps) or per_layer (a few merged layers at a time: least "
+             "memory, about twice the UNet step time on the CPU)")
+STRATEGIES = ("at_once", "per_layer")
+
+
+def merge_strategy() -> str:
+    """The configured strategy ("at_once" unless NOODLE_LORA_MERGE says "per_layer")."""
+    chosen = env(STRATEGY_ENV) or "at_once"
+    if chosen not in STRATEGIES:
+        raise ValueError(f"{STRATEGY_ENV}={chosen!r}: expected one of {', '.join(STRATEGIES)}")
+    return chosen
 
 
 @contextmanager
 def patched(base: torch.nn.Module, patches: Sequence[Patch], strategy: str | None = None
             ) -> Iterator[torch.nn.Module]:
     """`base` running with `patches` merged into copies of the parameters they touch, for
-    the duration (`strategy`: "at_once" or "per_layer", by default `merge_strategy`).
+    the duration (`strategy`: "at_once" or "per_layer", by default `merge_strategy()`).
     Re-entrant for the same patches; the original parameters are restored after."""
     patches = tuple(patches)
     with _LOCK:
@@ -151,7 +161,7 @@ def patched(base: torch.nn.Module, patches: Sequence[Patch], strategy: str | Non
         if not patches:
             yield base
             return
-        strategy = strategy or merge_strategy(base)
+        strategy = strategy or merge_strategy()
         if strategy == "at_once":
             block = _merged_at_once(base, patches)
         elif strategy == "per_layer":
