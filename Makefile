@@ -26,7 +26,7 @@ $(VENV)/.runtime: pyproject.toml $(VENV)/.torch
 	@touch $@
 
 $(VENV)/.testdeps: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,ray]"
 	@touch $@
 
 venv: $(VENV)/.testdeps
