@@ -40,7 +40,7 @@ PAIRS = {
     "uni_pc": ("uni_pc", "normal"),
 }
 SIZE = 64
-LORAS = (("kohya.safetensors", 0.6, 0.8), ("kohya_ldm.safetensors", -0.4, 0.5))
+LORAS = (("kohya.safetensors", 1.0, 1.0), ("kohya_ldm.safetensors", -0.8, 0.5))
 
 
 def _lora_prompt() -> dict[str, Any]:
@@ -89,8 +89,8 @@ def _write_loras(checkpoint: Path, folder: Path) -> None:
     from tests.support.lora_files import write_kohya_lora
 
     comp = load_components(checkpoint)
-    write_kohya_lora(folder / LORAS[0][0], comp, rank=4, alpha=1.0, seed=1)
-    write_kohya_lora(folder / LORAS[1][0], comp, rank=2, alpha=1.0, seed=2, ldm_keys=True)
+    write_kohya_lora(folder / LORAS[0][0], comp, rank=8, alpha=None, seed=1)
+    write_kohya_lora(folder / LORAS[1][0], comp, rank=4, alpha=None, seed=2, ldm_keys=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,10 @@ def test_stacked_lora_loaders_give_comfyuis_image(comfy_images: dict[str, Any],
                                                   ours: NoodleRunner) -> None:
     theirs = comfy_images["lora"]
     assert theirs.std() > 0.02
-    # The LoRAs change ComfyUI's own image, so agreeing below is not agreeing on the base.
-    assert float(np.abs(theirs - comfy_images["euler"]).max()) > 0.05
+    # The LoRAs change ComfyUI's own image (about 4.7/255 on this random checkpoint), and
+    # ours agrees with it far more closely than that, so agreeing is not agreeing on the base.
+    effect = float(np.abs(theirs - comfy_images["euler"]).max())
+    assert effect > 3 / 255
     image = ours.image(_lora_prompt())
     worst = float(np.abs(image - theirs).max())
-    assert worst <= 2 / 255, f"LoRA: max difference {worst * 255:.2f}/255"
+    assert worst <= min(2 / 255, effect / 20), f"LoRA: max difference {worst * 255:.2f}/255"
