@@ -9,6 +9,9 @@ These flags are a contract that shipped workflows, docs and checks rely on:
     noodle import FILE [-o OUT]
     noodle serve [--host HOST] [--port PORT] [--output-dir DIR] [--extra-model-paths FILE]
         [--auth-token TOKEN] [--state-db FILE] [--requeue-interrupted]
+        [--backend local|ray] [--ray-address ADDR] [--workers N] [--worker-gpus G]
+    noodle batch FILE --sweep NODE.INPUT=SPEC... [--zip] [--set ...]... [--output-dir DIR]
+        [--backend local|ray] [--ray-address ADDR] [--workers N] [--worker-gpus G] [--json]
 
 Exit codes: 0 success, 1 a node failed or the run was interrupted, 2 the workflow is
 invalid (or unreadable), or so is a setting (a missing or malformed model paths file).
@@ -37,6 +40,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -49,6 +53,7 @@ from graph_runtime.console import ConsoleReporter
 from graph_runtime.executor import Executor, RunResult, WorkflowInvalid
 from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
+from graph_runtime.scale.flags import scale_flags
 from graph_runtime.settings import ENVIRONMENT, Folders, SettingsError, check_folders, env
 from graph_runtime.workflow import (
     Workflow,
@@ -151,15 +156,20 @@ def _install_sigint(interrupt: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def executor_from_args(args: argparse.Namespace) -> Executor:
-    """The one executor a command uses: its cache budgets and folders from the flags, then
-    the environment overrides, then the defaults. The node library's checks run on the
-    folders here, so a bad settings file stops the command before any work."""
+def _budgets(args: argparse.Namespace) -> dict[str, int | None]:
     budgets: dict[str, int | None] = dict(budgets_from_env())
     if getattr(args, "cache_cpu_bytes", None):
         budgets["cpu"] = parse_bytes(args.cache_cpu_bytes)
     if getattr(args, "cache_cuda_bytes", None):
         budgets["cuda"] = parse_bytes(args.cache_cuda_bytes)
+    return budgets
+
+
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The one executor a command uses: its cache budgets and folders from the flags, then
+    the environment overrides, then the defaults. The node library's checks run on the
+    folders here, so a bad settings file stops the command before any work."""
+    budgets = _budgets(args)
     allowed = getattr(args, "allow_path", None)
     folders = Folders.from_env(output=getattr(args, "output_dir", None),
                                models=getattr(args, "models_dir", None),
@@ -257,14 +267,29 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the web server; imported lazily so headless use never loads aiohttp."""
-    load_node_library(args.nodes)
+    """Start the web server; imported lazily so headless use never loads aiohttp (nor the
+    local backend Ray)."""
+    if args.previews:  # read by the node library's preview code, which the engine never imports
+        os.environ["NOODLE_PREVIEWS"] = args.previews
+    names = load_node_library(args.nodes)
     server = importlib.import_module("graph_runtime.server")
     token = args.auth_token or env("NOODLE_AUTH_TOKEN")
-    server.serve(executor_from_args(args), host=args.host, port=args.port,
+    executor = executor_from_args(args)
+    backend = None
+    if args.backend == "ray":
+        commands = importlib.import_module("graph_runtime.scale.commands")
+        backend = commands.ray_backend(args, executor, names)
+    server.serve(executor, host=args.host, port=args.port,
                  **({"auth_token": token} if token else {}),
-                 state_db=args.state_db, requeue_interrupted=args.requeue_interrupted)
+                 state_db=args.state_db, requeue_interrupted=args.requeue_interrupted,
+                 backend=backend)
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- scale-out
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run a workflow over a sweep (see `graph_runtime.scale.commands`)."""
+    return int(importlib.import_module("graph_runtime.scale.commands").batch(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import)
     serve = sub.add_parser("serve", parents=[common, cache, paths], help="start the web canvas")
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--previews", choices=("auto", "latent", "full"), default=None,
+                       help="step previews: real VAE decodes when cheap (auto), the fast "
+                            "latent projection, or always decoded (default: NOODLE_PREVIEWS "
+                            "or auto)")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--output-dir", default="output")
     serve.add_argument("--models-dir", default=None,
@@ -330,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run again a prompt that was running when the server stopped "
                             "(default: record it in the history as interrupted)")
     serve.set_defaults(func=cmd_serve)
+    scale_flags(serve)
+    bat = sub.add_parser("batch", parents=[common, cache, wfargs, paths],
+                         help="run a workflow over a sweep of inputs, with a manifest")
+    bat.add_argument("--sweep", action="append", metavar="NODE.INPUT=SPEC",
+                     help="values for one input: 0..63, [1,5,9] or @file.txt (repeatable; "
+                          "several make every combination)")
+    bat.add_argument("--zip", action="store_true",
+                     help="pair the sweeps' values up instead of every combination")
+    bat.add_argument("--output-dir", default="output", help="files and manifest.jsonl")
+    bat.set_defaults(func=cmd_batch)
+    scale_flags(bat)
     return parser
 
 

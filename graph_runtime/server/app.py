@@ -18,6 +18,7 @@ message}]}` with a 4xx status, the same shape validation uses):
     GET    /api/workflows          {"workflows": [{name, source: user|shipped, description}]}
     GET    /api/workflows/{name}   PUT (save to the user folder), DELETE (user folder only)
     POST   /api/workflows/import   body: a file in any importable format -> {workflow, format}
+    GET    /api/model-library      {"models": [{kind, name, source, size, family}]}, see `models`
     GET    /ws?client_id=          events, see `hub` and `prompt_queue`
     GET    /login, POST /login, POST /logout   only with an access token, see `auth`
 
@@ -38,11 +39,13 @@ from aiohttp import web
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
 from graph_runtime.server import auth
+from graph_runtime.server.backend import Backend
 from graph_runtime.server.comfy.routes import ComfyApi, Handler, Route
 from graph_runtime.server.files import MAX_UPLOAD_BYTES, upload_handler, view_handler
 from graph_runtime.server.history import our_history, our_history_one
 from graph_runtime.server.hub import Hub, InvalidClientId, check_client_id
 from graph_runtime.server.limits import body_limits_middleware
+from graph_runtime.server.models import library_handler
 from graph_runtime.server.prompt_queue import PromptQueue
 from graph_runtime.server.responses import error_response, errors_response
 from graph_runtime.server.security import is_loopback_bind, security_middleware
@@ -172,14 +175,16 @@ def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
                bind_host: str = "127.0.0.1", web_dir: Path | str = WEB_DIR,
                max_upload_bytes: int = MAX_UPLOAD_BYTES,
                auth_token: str | None = None, state_db: Path | str | None = None,
-               requeue_interrupted: bool = False) -> web.Application:
+               requeue_interrupted: bool = False,
+               backend: Backend | None = None) -> web.Application:
     """Build the application around `executor`, whose folders it serves and fills.
     `bind_host` decides the DNS-rebinding guard: on a loopback address only loopback
     `Host` headers are answered. `workflows_dir` holds the shipped, read-only workflows.
     `auth_token`: every request must carry it (see `auth`). `state_db`: the SQLite file
     that keeps the queue and history across restarts (default `queue.sqlite3` in the user
     folder; ":memory:" keeps nothing); `requeue_interrupted` runs again a prompt that was
-    running when the server stopped, instead of recording it as interrupted."""
+    running when the server stopped, instead of recording it as interrupted. `backend`:
+    where prompts run (default: this executor, one at a time; see `backend`)."""
     # Workflows come from anyone who can reach the server: nodes read only its folders.
     executor.folders = folders = executor.folders.confined()
     for folder in (folders.output, folders.input, folders.temp):
@@ -193,7 +198,7 @@ def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
     queue = PromptQueue(executor, hub.publish_threadsafe,
                         state_db=state_db if state_db is not None
                         else folders.user / "queue.sqlite3",
-                        requeue_interrupted=requeue_interrupted)
+                        requeue_interrupted=requeue_interrupted, backend=backend)
     hub.greeting = queue.status
     app[HUB_KEY] = hub
     app[QUEUE_KEY] = queue
@@ -215,4 +220,5 @@ def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
     r.add_put("/api/workflows/{name}", store.put)
     r.add_delete("/api/workflows/{name}", store.delete)
     r.add_post("/api/workflows/import", import_handler(executor.registry))
+    r.add_get("/api/model-library", library_handler(executor))
     return app

@@ -3,7 +3,10 @@
 One worker, because a model run uses the whole accelerator and because the executor's
 cache is what makes the second run fast: every prompt, from every client, goes through the
 same `Executor` and therefore the same cache. A prompt that fails (or raises something
-unexpected) is recorded in the history and the worker carries on with the next one.
+unexpected) is recorded in the history and the worker carries on with the next one. With
+another `backend` (see `backend`; Ray workers, say) the worker thread hands each prompt to
+a thread of its own, as many at once as the backend has room for, and the order, history
+and events stay here.
 
 Every accepted prompt is written to a `QueueStore` (SQLite; see `store`) before it is
 acknowledged, marked when it starts, and moved into the history when it ends, so after a
@@ -35,6 +38,8 @@ from typing import Any
 
 from graph_runtime.context import file_ref
 from graph_runtime.executor import Executor, WorkflowInvalid
+from graph_runtime.server.backend import Backend, LocalBackend, RemoteResult
+from graph_runtime.server.history_reader import HistoryReader
 from graph_runtime.server.messages import finished_message, translate
 from graph_runtime.server.queue_items import (
     DuplicatePrompt,
@@ -56,7 +61,7 @@ STOPPED_MESSAGE = ("the server stopped while this prompt was running; it was not
                    "(start the server with --requeue-interrupted to run such prompts again)")
 
 
-class PromptQueue:
+class PromptQueue(HistoryReader):
     """Pending prompts, the running one, the history, and the worker thread.
 
     `state_db` is the SQLite file that keeps them across restarts (`":memory:"`: kept only
@@ -65,15 +70,18 @@ class PromptQueue:
 
     def __init__(self, executor: Executor, publish: Publish,
                  history_limit: int = HISTORY_LIMIT, *, state_db: Path | str = MEMORY,
-                 requeue_interrupted: bool = False) -> None:
+                 requeue_interrupted: bool = False, backend: Backend | None = None) -> None:
         self.executor = executor
+        # Where prompts run (see `backend`): this executor unless another is given.
+        self.backend: Backend = backend if backend is not None else LocalBackend(executor)
         self.publish = publish
         self.history_limit = history_limit
         self.state_db = state_db
         self.requeue_interrupted = requeue_interrupted
         self.listeners: list[QueueListener] = []
         self._pending: list[QueueItem] = []
-        self._running: QueueItem | None = None
+        self._active: dict[str, QueueItem] = {}  # running, in the order they started
+        self._runners: list[threading.Thread] = []
         self._store: QueueStore | None = None
         self._numbers = itertools.count(1)
         self._cond = threading.Condition()
@@ -85,6 +93,7 @@ class PromptQueue:
         """Open the store, queue again what it holds unfinished, start the worker."""
         self._db()
         if self._thread is None:
+            self.backend.start()
             self._stop = False
             self._thread = threading.Thread(target=self._work, name="noodle-queue",
                                             daemon=True)
@@ -95,13 +104,16 @@ class PromptQueue:
         the store; pending prompts stay stored for the next start."""
         with self._cond:
             self._stop = True
-            if self._running is not None:
-                self._running.interrupt.set()
+            for running in self._active.values():
+                running.interrupt.set()
             self._cond.notify_all()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
             self._thread = None
+        for runner in self._runners:
+            runner.join(timeout)
+        self.backend.stop()
         with self._cond:
             if self._store is not None and (thread is None or not thread.is_alive()):
                 self._store.close()
@@ -181,29 +193,28 @@ class PromptQueue:
 
     def remaining(self) -> int:
         with self._cond:
-            return len(self._pending) + (1 if self._running is not None else 0)
+            return len(self._pending) + len(self._active)
 
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
-            running = [self._running.summary()] if self._running is not None else []
+            running = [i.summary() for i in self._active.values()]
             return {"running": running, "pending": [i.summary() for i in self._pending]}
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            running = self._running.prompt_id if self._running is not None else None
+            running = next(iter(self._active), None)
             return {"type": "status", "data": {"queue_remaining": self.remaining(),
                                                "running": running}}
 
     def _find_live(self, prompt_id: str) -> QueueItem | None:
-        if self._running is not None and self._running.prompt_id == prompt_id:
-            return self._running
+        if prompt_id in self._active:
+            return self._active[prompt_id]
         return next((i for i in self._pending if i.prompt_id == prompt_id), None)
 
     def items(self) -> tuple[list[QueueItem], list[QueueItem]]:
         """The running item (zero or one) and the pending ones, in running order."""
         with self._cond:
-            running = [self._running] if self._running is not None else []
-            return running, list(self._pending)
+            return list(self._active.values()), list(self._pending)
 
     def remove_pending(self, prompt_ids: list[str] | None = None) -> int:
         """Drop the pending prompts with these ids (all of them when None); a running
@@ -230,62 +241,30 @@ class PromptQueue:
                     self._pending.remove(item)
                     break
             else:
-                if self._running is not None and self._running.prompt_id == prompt_id:
-                    self._running.interrupt.set()
+                if prompt_id in self._active:
+                    self._active[prompt_id].interrupt.set()
                     return "interrupted"
                 return None
         self._publish_status()
         return "deleted"
 
     def interrupt(self, prompt_id: str | None = None) -> str | None:
-        """Interrupt the running prompt (only if it is `prompt_id`, when given); returns
-        its id (None when nothing was interrupted)."""
+        """Interrupt the running prompt (only if it is `prompt_id`, when given; every
+        running one otherwise); returns the first id interrupted (None: none was)."""
         with self._cond:
-            running = self._running
-            if running is None or (prompt_id is not None and running.prompt_id != prompt_id):
-                return None
-            running.interrupt.set()
-            return running.prompt_id
-
-    # ------------------------------------------------------------------ history
-    # Read from the store, page by page: call these off the event loop.
-    def history_count(self) -> int:
-        return self._db().count()
-
-    def history_start(self, offset: int) -> int | None:
-        """Where the entry at `offset` (0: the oldest) is, for `history_from`."""
-        return self._db().start_id(offset)
-
-    def history_from(self, start: int, limit: int) -> list[HistoryRecord]:
-        """Up to `limit` finished prompts from `start` on (a `history_start` or a record's
-        `id + 1`), oldest first."""
-        return [HistoryRecord(s) for s in self._db().entries(start, limit)]
-
-    def history(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Our entries from `offset` (0: the oldest), oldest first."""
-        start = self.history_start(offset)
-        if start is None:
-            return []
-        count = limit if limit is not None else self.history_count()
-        return [r.entry for r in self.history_from(start, count)]
-
-    def history_record(self, prompt_id: str) -> HistoryRecord | None:
-        stored = self._db().entry(prompt_id)
-        return HistoryRecord(stored) if stored is not None else None
-
-    def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
-        record = self.history_record(prompt_id)
-        return record.entry if record is not None else None
-
-    def forget(self, prompt_ids: list[str] | None = None) -> None:
-        """Delete these prompts from the history (all of it when None)."""
-        self._db().forget(prompt_ids)
+            if prompt_id is not None:
+                chosen = [self._active[prompt_id]] if prompt_id in self._active else []
+            else:
+                chosen = list(self._active.values())
+            for running in chosen:
+                running.interrupt.set()
+            return chosen[0].prompt_id if chosen else None
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing is pending or running (for tests and shutdown)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._pending or self._running is not None:
+            while self._pending or self._active:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -308,30 +287,45 @@ class PromptQueue:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stop:
-                    self._cond.wait()
+                while not self._stop and not self._can_start():
+                    # A backend's capacity changes without telling us (a worker returns):
+                    # look again now and then while prompts wait.
+                    self._cond.wait(0.5 if self._pending else None)
                 if self._stop:
                     return
                 item = self._pending.pop(0)
-                self._running = item
+                self._active[item.prompt_id] = item
                 self._write(self._db().set_running, item.prompt_id)
             self._publish_status()
-            try:
-                entry, finished = self._run(item)
-            except Exception as exc:  # noqa: BLE001 - the queue must survive any prompt
-                entry = self._entry(item, "error")
-                entry["error"] = {"node": None, "node_type": None,
-                                  "exception_type": type(exc).__name__, "message": str(exc),
-                                  "traceback": traceback.format_exc()}
-                finished = self._publish_unrun(item, "error", entry["error"])
-            self._record(item, entry, finished)
+            if not self.backend.concurrent:
+                self._serve(item)
+                continue
+            runner = threading.Thread(target=self._serve, args=(item,), daemon=True,
+                                      name=f"noodle-run-{item.prompt_id[:8]}")
+            self._runners = [r for r in self._runners if r.is_alive()] + [runner]
+            runner.start()
+
+    def _can_start(self) -> bool:
+        return bool(self._pending) and len(self._active) < self.backend.capacity()
+
+    def _serve(self, item: QueueItem) -> None:
+        """Run one item and record it, whatever happens."""
+        try:
+            entry, finished = self._run(item)
+        except Exception as exc:  # noqa: BLE001 - the queue must survive any prompt
+            entry = self._entry(item, "error")
+            entry["error"] = {"node": None, "node_type": None,
+                              "exception_type": type(exc).__name__, "message": str(exc),
+                              "traceback": traceback.format_exc()}
+            finished = self._publish_unrun(item, "error", entry["error"])
+        self._record(item, entry, finished)
 
     def _record(self, item: QueueItem, entry: dict[str, Any], finished: Message) -> None:
         """Commit the history entry, then announce the end of the prompt: our `finished`,
         the listeners' final messages, the queue status."""
         with self._cond:
             self._write(self._db().finish, item.stored(), entry)
-            self._running = None
+            self._active.pop(item.prompt_id, None)
             self._cond.notify_all()
         self.publish(finished, item.client_id)
         self._notify("run_recorded", item, entry)
@@ -379,8 +373,7 @@ class PromptQueue:
                     "ui": event["ui"]}}, client)
 
         try:
-            result = self.executor.run(item.workflow, on_event=on_event,
-                                       interrupt=item.interrupt)
+            result = self.backend.run(pid, item.workflow, on_event, item.interrupt)
         except WorkflowInvalid as exc:
             # Valid when queued, invalid now (e.g. a model file was removed meanwhile).
             entry = self._entry(item, "invalid")
@@ -391,6 +384,8 @@ class PromptQueue:
         entry.update(outputs=result.ui, executed=result.executed, cached=result.cached,
                      files=self._file_refs(result.files),
                      error=result.error, seconds=result.seconds)
+        if isinstance(result, RemoteResult):
+            entry.update(result.notes)
         return entry, held[-1] if held else finished_message(pid, ok=result.ok)
 
     def _file_refs(self, files: list[str]) -> list[dict[str, str]]:
