@@ -9,3 +9,6 @@ PreviewImage, VAEDecode) serve both kinds of workflow.
 from nodes import primitives  # noqa: F401, I001  (no torch: the engine's own smoke tests)
 from nodes import images, latents, loaders, micro_conditioning, sampling, settings, text  # noqa: F401, I001
 from nodes import comfyui, lora, upgrades  # noqa: F401, I001
+from nodes import upscale  # noqa: F401, I001
+from nodes import inpaint  # noqa: F401, I001
+from nodes import controlnet  # noqa: F401, I001

@@ -18,8 +18,10 @@ from typing import Annotated, Any
 import torch
 
 from graph_runtime import Float, Int, current, node
+from nodes.control_guidance import control_kwargs, control_run, split_control
 from nodes.diffusion.schedulers.schedule import randn
 from nodes.guidance import combine, guidance_context, match_batch
+from nodes.inpaint import finished_extra, inpainting
 from nodes.micro_conditioning import added_conditions, pixel_size
 from nodes.previews import step_preview
 from nodes.types import Conditioning, Latent, SchedulerSpec, UNet, generator_states, require
@@ -140,7 +142,8 @@ class StepReport:
         shown = getattr(out, "pred_original_sample", None)
         shown = out.prev_sample if shown is None else shown
         ctx.progress(self.marks[i], self.n_steps,
-                     step_preview(shown, self.projection, self.pixel_space))
+                     step_preview(shown, self.projection, self.pixel_space,
+                                  final=self.marks[i] == self.n_steps))
 
 
 Fraction = Annotated[float, Float(min=0.0, max=1.0, step=0.01)]
@@ -190,8 +193,11 @@ def denoise(
     """Run the denoising loop. Without `negative`, the empty prompt is the unconditional
     input; `guidance_scale` <= 1 disables guidance (one UNet evaluation per step).
     `strength` < 1 needs clean latents (VAEEncode): that is img2img. `denoising_end` stops
-    part-way and `denoising_start` continues from there (SDXL base, then its refiner)."""
+    part-way and `denoising_start` continues from there (SDXL base, then its refiner).
+    Latents from InpaintInputs (or with a noise mask) repaint only their mask
+    (`nodes.inpaint`)."""
     _check_inputs(unet, positive, negative)
+    positive, negative, controls = split_control(positive, negative)
     require(scheduler, "Denoise", "scheduler")
     if 0.0 < denoising_start < 1.0 and 0.0 < denoising_end < 1.0 and (
             denoising_start >= denoising_end):
@@ -207,8 +213,10 @@ def denoise(
         sched.set_timesteps(steps, device=device)
         latents, batch = match_batch(latents, positive)
         gens = latents.generators()
+        inpaint = inpainting(latents, model, denoising_start, denoising_end)
         x, timesteps, n_steps = starting_sample(sched, latents, gens, steps, strength, device,
-                                                dtype, denoising_start)
+                                                dtype, denoising_start) if inpaint is None \
+            else inpaint.start(sched, gens, steps, strength, device, dtype, img2img_timesteps)
         if 0.0 < denoising_end < 1.0:
             timesteps = stop_early(sched, timesteps, denoising_end)
             n_steps = min(n_steps, max(len(timesteps) // sched.order, 1))
@@ -220,18 +228,24 @@ def denoise(
                 added = added_conditions(model.config, positive, negative, batch, use_cfg,
                                          pixel_size(latents), device, dtype)
         report = StepReport(len(timesteps), n_steps, sched.order, latents)
+        control = control_run(controls, x, use_cfg, len(timesteps))
         with torch.no_grad():
             for i, t in enumerate(timesteps):
                 model_in = sched.scale_model_input(torch.cat([x] * 2) if use_cfg else x, t)
+                # A 9-channel UNet also takes the mask and masked image (a ControlNet not).
+                unet_in = model_in if inpaint is None else inpaint.unet_input(model_in)
                 if context is None:
-                    pred = model(model_in, t)
+                    pred = model(unet_in, t)
                 else:
-                    pred = model(model_in, t, encoder_hidden_states=context,
-                                 added_cond_kwargs=added)
+                    pred = model(unet_in, t, encoder_hidden_states=context,
+                                 added_cond_kwargs=added,
+                                 **control_kwargs(control, i, model_in, t, context, added))
                 if use_cfg:
                     pred = combine(pred, guidance_scale)
                 out = sched.step(pred, t, x, generator=gens)
                 x = out.prev_sample
+                if inpaint is not None:  # a 4-channel UNet keeps the unmasked region
+                    x = inpaint.blend(sched, x, i, timesteps)
                 report(i, out)
     return Latent(x, latents.seeds, generator_states(gens), noise=False,
-                  extra=dict(latents.extra))
+                  extra=finished_extra(latents.extra))

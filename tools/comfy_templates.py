@@ -41,6 +41,12 @@ PLANNED = {"LoraLoader": "LoRA", "LoraLoaderModelOnly": "LoRA",
 
 
 TINY_VAE = "noodle-tiny-vae.safetensors"
+# The embedded model's own LoRA, ControlNet and upscaler (shipped under models/), standing
+# in for the files the templates name.
+STAND_INS = {"LoraLoader": ("lora_name", "noodle-tiny-outline.safetensors"),
+             "LoraLoaderModelOnly": ("lora_name", "noodle-tiny-outline.safetensors"),
+             "ControlNetLoader": ("control_net_name", "noodle-tiny-canny.safetensors"),
+             "UpscaleModelLoader": ("model_name", "noodle-tiny-esrgan-2x.safetensors")}
 
 
 def templates_dir() -> Path:
@@ -80,6 +86,8 @@ def shrink(workflow: dict[str, Any], image: str) -> dict[str, Any]:
             inputs["vae_name"] = TINY_VAE
         elif kind == "LoadImage":
             inputs["image"] = image
+        elif kind in STAND_INS:
+            inputs[STAND_INS[kind][0]] = STAND_INS[kind][1]
         elif kind in ("KSampler", "KSamplerAdvanced") and isinstance(inputs.get("steps"), int):
             _shrink_steps(inputs)
     return workflow

@@ -22,7 +22,11 @@ from nodes.comfyui import (  # noqa: F401, I001  (registers the nodes)
     loaders,
     lora,
     sampling,
+    upscale_model,
     vae,
 )
+from nodes.comfyui import inpaint  # noqa: F401
 from nodes.comfyui import importer  # noqa: F401
 from nodes.comfyui import providers  # noqa: F401
+from nodes.comfyui import model_library  # noqa: F401
+from nodes.comfyui import controlnet  # noqa: F401

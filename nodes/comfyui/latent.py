@@ -48,7 +48,12 @@ def _resize(latent: Latent, width: int, height: int, method: str, crop: str) -> 
     """Resize to width x height cells (at least one each: a tiny latent scaled down)."""
     width, height = max(1, width), max(1, height)
     require_pixels("Upscale Latent", width * CELL, height * CELL, latent.samples.shape[0])
-    return _with(latent, upscale(latent.samples, width, height, method, crop))
+    extra: dict[str, object] = {}
+    if "pixel_size" in latent.extra:  # the image size SDXL's size conditioning reads
+        old_h, old_w = latent.samples.shape[-2:]
+        size_h, size_w = latent.extra["pixel_size"]
+        extra["pixel_size"] = (round(size_h * height / old_h), round(size_w * width / old_w))
+    return _with(latent, upscale(latent.samples, width, height, method, crop), **extra)
 
 
 @node("LatentUpscale", category="ComfyUI/latent", output="LATENT",

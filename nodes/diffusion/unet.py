@@ -8,7 +8,7 @@ micro-conditioning numbers (sizes, crop, aesthetic score) added to the timestep 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -104,6 +104,14 @@ def _check_supported(cfg: Mapping[str, Any]) -> None:
     if any(per_block(cfg["only_cross_attention"], len(cfg["down_block_types"]),
                      "only_cross_attention")):
         raise ValueError("UNet2DConditionModel: only_cross_attention is not supported")
+
+
+def _check_residuals(down: Sequence[torch.Tensor] | None, mid: torch.Tensor | None) -> None:
+    """ControlNet residuals come as a pair; down residuals alone are a T2I-Adapter's, which
+    enter the blocks differently and are not supported."""
+    if (down is None) != (mid is None):
+        raise ValueError("UNet2DConditionModel: pass down_block_additional_residuals and "
+                         "mid_block_additional_residual together (a ControlNet's output)")
 
 
 class UNet2DConditionModel(ModelBase):
@@ -239,9 +247,15 @@ class UNet2DConditionModel(ModelBase):
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
         added_cond_kwargs: Mapping[str, torch.Tensor] | None = None,
+        down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the model output (same shape as ``sample``). ``added_cond_kwargs``
-        (``text_embeds``, ``time_ids``) is required by SDXL UNets and ignored otherwise."""
+        (``text_embeds``, ``time_ids``) is required by SDXL UNets and ignored otherwise.
+
+        The two residual inputs are a ControlNet's output: one tensor per skip connection,
+        added to it, and one added to the mid block's output (diffusers' semantics)."""
+        _check_residuals(down_block_additional_residuals, mid_block_additional_residual)
         factor = 2**self.num_upsamplers
         odd_size = any(s % factor != 0 for s in sample.shape[-2:])
         if self.config["center_input_sample"]:
@@ -258,8 +272,16 @@ class UNet2DConditionModel(ModelBase):
         for block in self.down_blocks:
             h, states = block(h, emb, encoder_hidden_states)
             skips += states
+        if down_block_additional_residuals is not None:
+            if len(down_block_additional_residuals) != len(skips):
+                raise ValueError(f"{len(down_block_additional_residuals)} down residuals for "
+                                 f"{len(skips)} skip connections")
+            skips = tuple(s + r for s, r in zip(skips, down_block_additional_residuals,
+                                                strict=True))
         if self.mid_block is not None:
             h = self.mid_block(h, emb, encoder_hidden_states)
+        if mid_block_additional_residual is not None:
+            h = h + mid_block_additional_residual
         for i, block in enumerate(self.up_blocks):
             count = len(block.resnets)
             block_skips, skips = skips[-count:], skips[:-count]

@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from nodes.comfyui.guidance.adm import Added
+from nodes.comfyui.guidance.control import entry_controls
+from nodes.control_guidance import Control
 from nodes.diffusion.ksampling import DiscreteSampling
 from nodes.types import CondPart
 
@@ -40,6 +42,7 @@ class Entry:
     sigma_start: float | None = None  # applies while sigma <= sigma_start
     sigma_end: float | None = None  # ... and sigma >= sigma_end
     added: Added | None = None  # SDXL's pooled embedding and micro-conditioning
+    controls: tuple[Control, ...] = ()  # ControlNets steering this entry's prediction
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +107,7 @@ def resolve(parts: Sequence[CondPart], sampling: DiscreteSampling, height: int, 
             mask_strength=float(opts.get("mask_strength", 1.0)),
             sigma_start=None if start is None else sampling.percent_to_sigma(float(start)),
             sigma_end=None if end is None else sampling.percent_to_sigma(float(end)),
+            controls=entry_controls(opts),
         ))
     return entries
 

@@ -13,14 +13,23 @@ and micro-conditioning (`adm`), batched in the same order as the text embeddings
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from nodes.comfyui.guidance.adm import added_inputs, needs_added
 from nodes.comfyui.guidance.conds import Applied, Entry, apply, mirror_areas, resolve
+from nodes.comfyui.guidance.control import (
+    APPLY_TO_UNCOND,
+    ControlResiduals,
+    controls_to_uncond,
+    same_controls,
+)
 from nodes.comfyui.types import Guider
+from nodes.control_guidance import Control
 from nodes.diffusion.ksampling import cfg_combine, needs_uncond
 from nodes.types import Conditioning
 
@@ -40,6 +49,8 @@ def _batchable(a: Applied, b: Applied) -> bool:
         return False
     ea, eb = a.entry.embeds, b.entry.embeds
     if ea.shape[2] != eb.shape[2]:
+        return False
+    if not same_controls(a.entry.controls, b.entry.controls):
         return False
     la, lb = _context_len(a), _context_len(b)
     return math.lcm(la, lb) // min(la, lb) <= MAX_CONTEXT_REPEAT
@@ -83,7 +94,11 @@ class GuidedDenoiser:
         self.negative: list[Entry] | None = None
         if guider.negative is not None:
             self.negative = self._entries(guider.negative, "negative", size, device)
+        if self.negative is not None:
+            flags = [bool(p.options.get(APPLY_TO_UNCOND)) for p in guider.positive.parts]
+            controls_to_uncond(self.positive, self.negative, flags)
         mirror_areas(self.positive, self.negative)
+        self.control = ControlResiduals(self.model_sampling.percent_to_sigma)
 
     def _entries(self, conditioning: Conditioning, side: str, size: tuple[int, int],
                  device: torch.device) -> list[Entry]:
@@ -98,14 +113,19 @@ class GuidedDenoiser:
                 for part, entry in zip(parts, entries, strict=True)]
 
     def predict(self, x: Tensor, sigma: Tensor, contexts: Tensor,
-                added: dict[str, Tensor] | None = None) -> Tensor:
+                added: dict[str, Tensor] | None = None,
+                controls: Sequence[Control] = ()) -> Tensor:
         """The UNet's clean-sample estimate for x at per-item noise levels sigma (`added`:
-        SDXL's pooled embeddings and micro-conditioning, one row per item)."""
+        SDXL's pooled embeddings and micro-conditioning, one row per item; `controls`: the
+        ControlNets of the batched entries)."""
         ms = self.model_sampling
         net = self.model.unet.prepared()
         x_in = ms.calculate_input(sigma, x)
         t = ms.timestep(sigma).float()
-        extra = {} if added is None else {"added_cond_kwargs": added}
+        extra: dict[str, Any] = {} if added is None else {"added_cond_kwargs": added}
+        if controls:
+            extra.update(self.control(controls, x_in, t, contexts,
+                                      float(sigma.reshape(-1)[0]), added))
         out = net(x_in.to(net.dtype), t, encoder_hidden_states=contexts.to(net.dtype), **extra)
         return ms.calculate_denoised(sigma, out.float(), x)
 
@@ -125,7 +145,7 @@ class GuidedDenoiser:
                 contexts.append(embeds.repeat(1, length // embeds.shape[1], 1))
             x = torch.cat([a.x for _, a in chosen])
             outputs = self.predict(x, sigma.repeat(len(chosen)), torch.cat(contexts),
-                                   _added(chosen, batch))
+                                   _added(chosen, batch), first.entry.controls)
             for (side, a), out in zip(chosen, outputs.chunk(len(chosen)), strict=True):
                 total, weight = sums[side], weights[side]
                 if a.area is not None:

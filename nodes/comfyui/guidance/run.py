@@ -73,7 +73,8 @@ class SamplingRun:
     def callback(self, i: int, x: Tensor, denoised: Tensor) -> None:
         self.denoised = denoised
         if self.ctx is not None:
-            preview = step_preview(denoised, self.latent.extra.get("rgb_projection"))
+            preview = step_preview(denoised, self.latent.extra.get("rgb_projection"),
+                                   final=i + 1 >= self.total)
             self.ctx.progress(min(i + 1, self.total), max(self.total, 1), preview)
 
     def _latent(self, samples: Tensor) -> Latent:
