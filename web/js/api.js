@@ -41,6 +41,8 @@ export const api = {
     if (!resp.ok) throw new ApiError(resp.status, data?.errors);
     return { entries: data, total: Number(resp.headers.get("X-Total-Count") ?? data.length) };
   },
+  // Every model file the loaders can read: {models: [{kind, name, source, size, family}]}.
+  modelLibrary: () => call("GET", "/api/model-library"),
   workflows: () => call("GET", "/api/workflows"),
   loadWorkflow: (name, source) =>
     call("GET", `/api/workflows/${encodeURIComponent(name)}${source ? `?source=${source}` : ""}`),

@@ -1,13 +1,14 @@
 // The open workflow as a document: its name and where it came from (user / shipped / file),
-// kept in localStorage across reloads, opened, saved, renamed, deleted, downloaded, dropped.
+// opened, saved, renamed, deleted, downloaded, dropped. Several stay open in tabs (tabs.js),
+// which keeps them in localStorage across reloads.
 // A dropped or opened file that is not a v1 workflow (a PNG, another tool's JSON) is sent to
 // the server as it is, which converts it with the same importers as `noodle import`.
 
 import { api } from "./api.js";
 import { askName, toast } from "./dialogs.js";
 import { FORMAT } from "./graph/convert.js";
+import { Tabs } from "./tabs.js";
 
-const STORE_KEY = "noodle.workflow.v1";
 const DEFAULT_WORKFLOW = { name: "txt2img", source: "shipped" };
 const $ = (sel) => document.querySelector(sel);
 
@@ -17,21 +18,13 @@ export class Documents {
     this.editor = editor;
     this.onLoaded = onLoaded;
     this.current = { name: "", source: null };
-    this.lastSaved = "";
+    this.tabs = new Tabs(this, $("#tabs"));
   }
 
+  // The tabs of the last visit, else the default workflow in one tab.
   async restore() {
-    const stored = localStorage.getItem(STORE_KEY);
-    if (stored) {
-      try {
-        const { doc, name, source, dirty } = JSON.parse(stored);
-        this.loadDoc(doc, { name, source, fit: false });
-        if (dirty) this.editor.history.markDirty();
-        return;
-      } catch (err) {
-        localStorage.removeItem(STORE_KEY);
-      }
-    }
+    if (this.tabs.restore()) return;
+    this.tabs.open();
     await this.openWorkflow(DEFAULT_WORKFLOW, { quiet: true });
   }
 
@@ -80,6 +73,7 @@ export class Documents {
     el.classList.toggle("dirty", dirty); // the marker is drawn by CSS, the name stays plain text
     el.dataset.dirty = String(dirty);
     document.title = `${dirty ? "• " : ""}${label} · Noodle`;
+    this.tabs.render();
   }
 
   // After an edit, undo or save: show the unsaved marker and keep the stored copy current.
@@ -94,13 +88,7 @@ export class Documents {
   }
 
   persist() {
-    const doc = this.editor.serialize();
-    const text = JSON.stringify({ doc, name: this.current.name, source: this.current.source,
-                                  dirty: this.editor.history.dirty });
-    if (text !== this.lastSaved) {
-      localStorage.setItem(STORE_KEY, text);
-      this.lastSaved = text;
-    }
+    this.tabs.persist();
   }
 
   async save(asNew = false) {
@@ -178,10 +166,8 @@ export class Documents {
     }
   }
 
+  // An empty workflow in a new tab.
   newDocument() {
-    this.editor.clear();
-    this.editor.history.reset();
-    this.current = { name: "", source: null };
-    this.showName();
+    this.tabs.open();
   }
 }

@@ -1,5 +1,5 @@
 // The keyboard and mouse reference (opened with "?"), and the keys that open panels: Q shows
-// or hides the queue and history, "?" this list. Like every shortcut here they never act
+// or hides the queue and history, M the models browser, "?" this list. Like every shortcut here they never act
 // while a text field has the focus, nor while a dialog or the image viewer is open.
 //
 // The list is written down rather than collected from the handlers because half of the
@@ -8,6 +8,7 @@
 
 import { modal } from "./dialogs.js";
 import { el } from "./dom.js";
+import { ARRANGE_KEYS } from "./graph/arrange.js";
 import { isEditable } from "./graph/history.js";
 
 export const KEY_BINDINGS = [
@@ -30,13 +31,16 @@ export const KEY_BINDINGS = [
     ["Double-click", "Search for a node to add (↑ ↓ choose, Enter adds)"],
     ["Drag the background, Space+drag", "Pan"],
     ["Wheel", "Zoom"],
-    ["Ctrl+drag", "Select the nodes in a rectangle"],
+    ["Ctrl+drag", "Select the nodes in a rectangle (Ctrl+Shift+drag adds to the selection)"],
     ["Shift+click", "Add a node to the selection"],
+    ...ARRANGE_KEYS.map(([combo, , what]) => [combo, what]),
+    ["Right-click the background", "The same actions for the selection, and Add Group"],
     ["Drop a link on the background", "Menu of nodes to connect (with Shift: the search box)"],
     ["Escape", "Close the search box, or drop the link being dragged"],
   ]],
   ["Panels", [
     ["Q", "Show or hide the queue and history"],
+    ["M", "Show or hide the models browser (drag a model onto the canvas to load it)"],
     ["?", "This list"],
     ["← →", "Image viewer: previous, next image (Home, End: first, last)"],
     ["Escape", "Close the image viewer or a dialog"],
@@ -73,12 +77,13 @@ export function showShortcuts() {
 }
 
 // Q and "?" (no Ctrl, Alt or ⌘), unless the keys are text for a field or a dialog is up.
-export function bindPanelKeys({ toggleSidebar }) {
+export function bindPanelKeys({ toggleSidebar, toggleModels = () => {} }) {
   window.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || isEditable(e.target)) return;
     if (document.querySelector(".modal-overlay, .litesearchbox, .graphdialog")) return;
     if (e.key === "?") showShortcuts();
     else if (e.key === "q" || e.key === "Q") toggleSidebar();
+    else if (e.key === "m" || e.key === "M") toggleModels();
     else return;
     e.preventDefault();
   });

@@ -3,8 +3,11 @@
 import { api, ApiError, connectEvents } from "./api.js";
 import { pickWorkflow, toast } from "./dialogs.js";
 import { Documents } from "./documents.js";
+import { bindArrange } from "./graph/arrange.js";
 import { Editor } from "./graph/editor.js";
 import { bindPanelKeys } from "./help.js";
+import { installMaskEditor } from "./mask/mask-editor.js";
+import { ModelsBrowser } from "./models/browser.js";
 import { bindNodeTips } from "./node-tips.js";
 import { buildPalette, DRAG_MIME } from "./palette.js";
 import { Sidebar } from "./queue/sidebar.js";
@@ -43,6 +46,8 @@ class App {
 
   async start() {
     const [schemas, types] = await Promise.all([api.nodes(), api.types()]);
+    // Before the node classes (its "edit mask…" buttons) and the editing keys (its keys).
+    this.maskEditor = installMaskEditor((id, input, file) => this.uploadInto(id, input, file));
     // Before the palette: it takes its colours from the socket types registered here.
     this.editor.registerTypes(schemas, types, { onUpload: (id, input, kind) => this.pickUpload(id, input, kind) });
     buildPalette($("#palette"), schemas, (type, pos) => this.editor.addNode(type, pos));
@@ -50,6 +55,8 @@ class App {
     // Before the editing keys: its viewer takes every key while it is open.
     this.sidebar = new Sidebar({ clientId: this.clientId, onLoad: (entry) => this.docs.loadRun(entry.workflow),
                                  onToggle: () => this.resize() });
+    this.models = new ModelsBrowser($("#models"), this.editor);
+    this.models.onToggle = () => this.resize();
     this.bindUi();
     this.resize();
     await this.docs.restore();
@@ -197,7 +204,9 @@ class App {
   bindUi() {
     window.addEventListener("resize", () => this.resize());
     bindEditingKeys(this.editor);
-    bindPanelKeys({ toggleSidebar: () => this.sidebar.toggle() });
+    bindArrange(this.editor);
+    bindPanelKeys({ toggleSidebar: () => this.sidebar.toggle(), toggleModels: () => this.models.toggle() });
+    $("#models-button").addEventListener("click", () => this.models.toggle());
     window.addEventListener("beforeunload", (e) => {
       if (!this.editor.history.dirty) return;
       e.preventDefault();
@@ -254,7 +263,9 @@ class App {
       e.preventDefault();
       stage.classList.remove("dropping");
       const type = e.dataTransfer.getData(DRAG_MIME);
-      if (type) this.editor.addNode(type, this.editor.screenToGraph(e.clientX, e.clientY));
+      const at = this.editor.screenToGraph(e.clientX, e.clientY);
+      if (this.models.drop(e.dataTransfer, at)) return;
+      if (type) this.editor.addNode(type, at);
       else if (e.dataTransfer.files?.length) this.docs.loadFile(e.dataTransfer.files[0]);
     });
   }

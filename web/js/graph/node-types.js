@@ -5,6 +5,8 @@ import { LGraphNode, LiteGraph } from "../../lib/litegraph.es.js";
 import { STATE_COLOURS, typeColour } from "./theme.js";
 
 export const SEED_CONTROLS = ["fixed", "increment", "decrement", "randomize"];
+// More buttons beside an upload button, by upload kind: [{label, run(node, input)}].
+export const uploadExtras = {};
 const MIN_WIDTH = 260;
 const IMAGE_MIN_HEIGHT = 220;
 
@@ -148,6 +150,10 @@ class NoodleNode extends LGraphNode {
       const label = `${uploads.length > 1 ? `${spec.name}: ` : ""}upload ${spec.upload}…`;
       const button = this.addWidget("button", label, null, () => this.constructor.onUpload(this, spec.name, spec.upload));
       button.serialize = false;
+      for (const extra of uploadExtras[spec.upload] ?? []) {
+        const more = this.addWidget("button", `${uploads.length > 1 ? `${spec.name}: ` : ""}${extra.label}`, null, () => extra.run(this, spec.name));
+        more.serialize = false;
+      }
     }
     for (const out of schema.outputs) {
       this.addOutput(out.name, out.type, { color_on: typeColour(out.type), color_off: typeColour(out.type) });
