@@ -149,21 +149,26 @@ class ControlRun:
                  context: torch.Tensor | None,
                  added: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """The UNet's extra keyword arguments at step `i` (none when no control is active)."""
-        down: list[torch.Tensor] | None = None
-        mid: torch.Tensor | None = None
+        summed: list[tuple[list[torch.Tensor], torch.Tensor]] = []
         for c, image in zip(self.controls, self.images, strict=True):
             scale = c.strength * keep(i, self.n, c.start, c.end)
             if scale == 0.0 or context is None:
                 continue
-            d, m = self._one(c, image, scale, model_in, t, context, added)
-            if down is None or mid is None:
-                down, mid = d, m
-            else:
-                down = [a + b for a, b in zip(down, d, strict=True)]
-                mid = mid + m
-        if down is None:
-            return {}
-        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            summed.append(self._one(c, image, scale, model_in, t, context, added))
+        return residual_kwargs(summed)
+
+
+def residual_kwargs(residuals: Sequence[tuple[list[torch.Tensor], torch.Tensor]]
+                    ) -> dict[str, Any]:
+    """The UNet's keyword arguments for the summed residuals of several ControlNets
+    (diffusers' MultiControlNetModel adds them); none when no ControlNet ran."""
+    if not residuals:
+        return {}
+    down, mid = residuals[0]
+    for d, m in residuals[1:]:
+        down = [a + b for a, b in zip(down, d, strict=True)]
+        mid = mid + m
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
 def control_run(controls: Sequence[Control], x: torch.Tensor, use_cfg: bool,

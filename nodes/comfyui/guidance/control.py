@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from nodes.control_guidance import CONTROL_OPTION, Control, control_image, downscale_factor
+from nodes.control_guidance import (
+    CONTROL_OPTION,
+    Control,
+    control_image,
+    downscale_factor,
+    residual_kwargs,
+)
 
 APPLY_TO_UNCOND = "control_apply_to_uncond"
 
@@ -80,8 +86,7 @@ class ControlResiduals:
 
     def __call__(self, controls: Sequence[Control], x_in: Tensor, t: Tensor, contexts: Tensor,
                  sigma: float, added: Mapping[str, Tensor] | None) -> dict[str, Any]:
-        down: list[Tensor] | None = None
-        mid: Tensor | None = None
+        summed: list[tuple[list[Tensor], Tensor]] = []
         for c in controls:
             if not self.active(c, sigma):
                 continue
@@ -93,16 +98,9 @@ class ControlResiduals:
             d, m = model(x_in.to(model.device, model.dtype), t,
                          contexts.to(model.device, model.dtype), hint,
                          conditioning_scale=c.strength, **extra)
-            d = [r.to(x_in.device, x_in.dtype) for r in d]
-            m = m.to(x_in.device, x_in.dtype)
-            if down is None or mid is None:
-                down, mid = d, m
-            else:
-                down = [a + b for a, b in zip(down, d, strict=True)]
-                mid = mid + m
-        if down is None:
-            return {}
-        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            summed.append(([r.to(x_in.device, x_in.dtype) for r in d],
+                           m.to(x_in.device, x_in.dtype)))
+        return residual_kwargs(summed)
 
 
 def controls_to_uncond(positive: Sequence[Any], negative: list[Any],
