@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -39,6 +39,15 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 DEFAULT_BACKGROUND = "white"
 
+# Style variants, the datasets of the shipped LoRAs; a scene without styles renders exactly as
+# the base model's training data. Styles combine: ("grey", "outline") is a hollow shape on grey.
+# They stay inside what the tiny model's VAE can draw: it has only seen flat palette colours,
+# white and mid grey, and decodes darker backdrops (black, navy) as noise.
+STYLES: tuple[str, ...] = ("grey", "outline")
+# Stroke width as a share of the shape's size: thinner strokes blur in the VAE (4x smaller
+# latents), thicker ones leave triangles no hole.
+OUTLINE_FRACTION = 0.2
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -50,6 +59,7 @@ class Scene:
     size: int  # side of the bounding box, in pixels at IMAGE_SIZE
     cx: float
     cy: float
+    style: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,32 +105,50 @@ def caption(scene: Scene, rng: random.Random) -> str:
 
 
 def render(scene: Scene) -> Image.Image:
-    """Draw `scene` at IMAGE_SIZE with anti-aliased edges (drawn large, then downsampled)."""
+    """Draw `scene` at IMAGE_SIZE with anti-aliased edges (drawn large, then downsampled).
+
+    Styles: "grey" draws the default white background grey (a background the caption names
+    stays); "outline" draws only a thick stroke along the shape's edge, inside its outline,
+    so a hollow shape covers the same box as the filled one."""
+    unknown = set(scene.style) - set(STYLES)
+    if unknown:
+        raise ValueError(f"unknown scene style(s) {sorted(unknown)}; known: {STYLES}")
     k = SUPERSAMPLE
-    big = Image.new("RGB", (IMAGE_SIZE * k, IMAGE_SIZE * k), BACKGROUNDS[scene.background])
+    background = BACKGROUNDS[scene.background]
+    if "grey" in scene.style and scene.background == DEFAULT_BACKGROUND:
+        background = BACKGROUNDS["grey"]
+    big = Image.new("RGB", (IMAGE_SIZE * k, IMAGE_SIZE * k), background)
     draw = ImageDraw.Draw(big)
     half = scene.size * k / 2
     cx, cy = scene.cx * k, scene.cy * k
     fill = COLOURS[scene.colour]
+    hollow = "outline" in scene.style
+    # A hollow shape is Pillow's stroke in the shape's colour, drawn inside its outline.
+    paint = {"fill": None if hollow else fill, "outline": fill if hollow else None,
+             "width": max(1, round(scene.size * k * OUTLINE_FRACTION)) if hollow else 1}
     if scene.shape == "circle":
-        draw.ellipse([cx - half, cy - half, cx + half, cy + half], fill=fill)
+        draw.ellipse([cx - half, cy - half, cx + half, cy + half], **paint)
     elif scene.shape == "square":
-        draw.rectangle([cx - half, cy - half, cx + half, cy + half], fill=fill)
+        draw.rectangle([cx - half, cy - half, cx + half, cy + half], **paint)
     else:
         draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)],
-                     fill=fill)
+                     **paint)
     return big.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
 
 
-def make_dataset(n: int, seed: int) -> tuple[np.ndarray, list[str], list[Scene]]:
+def make_dataset(n: int, seed: int, style: tuple[str, ...] = ()
+                 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """`n` scenes rendered as a uint8 array (n, 64, 64, 3) with their captions; the same
-    seed always gives the same data."""
+    seed always gives the same data. A `style` renders the very same scenes and captions
+    in that style (the LoRA datasets), so the only thing that differs is the style."""
     rng = random.Random(seed)
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     captions: list[str] = []
     scenes: list[Scene] = []
     for i in range(n):
         scene = random_scene(rng)
+        if style:
+            scene = replace(scene, style=tuple(style))
         images[i] = np.asarray(render(scene))
         captions.append(caption(scene, rng))
         scenes.append(scene)
@@ -223,3 +251,30 @@ def classify(image: Image.Image | np.ndarray) -> Classification:
         shape = min(_SHAPE_PROTOTYPES,
                     key=lambda s: float(np.sum((f - np.array(_SHAPE_PROTOTYPES[s])) ** 2)))
     return Classification(colour, shape, background, frac)
+
+
+def background_luminance(image: Image.Image | np.ndarray) -> float:
+    """Luminance (0..255, Rec. 601) of the background, the median of the border ring: how a
+    backdrop style's effect is measured."""
+    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    _, bg = foreground_mask(img)
+    return float(bg @ np.array([0.299, 0.587, 0.114]))
+
+
+def centre_fill(image: Image.Image | np.ndarray) -> float | None:
+    """Share of foreground in the middle of the shape's bounding box: near 1 for a filled
+    shape, near 0 for a hollow one; None when no shape is found. The window sits at 45-75 %
+    of the box's height so it falls inside triangles too."""
+    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    mask, _ = foreground_mask(img)
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 12:
+        return None
+    y0, y1 = np.percentile(ys, [1, 99]).round().astype(int)
+    x0, x1 = np.percentile(xs, [1, 99]).round().astype(int)
+    h, w = y1 - y0 + 1, x1 - x0 + 1
+    if h < 8 or w < 8:
+        return None
+    window = mask[y0 + int(h * 0.45):y0 + int(np.ceil(h * 0.75)),
+                  x0 + int(w * 0.35):x0 + int(np.ceil(w * 0.65))]
+    return float(window.mean())

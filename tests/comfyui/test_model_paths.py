@@ -35,6 +35,20 @@ def no_env_paths_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(model_paths.ENV_VAR, raising=False)
 
 
+def bundled_dirs(kind: str) -> list[Path]:
+    """The shipped models' folders of a kind (models/loras holds the tiny model's LoRAs),
+    which every models folder's search ends with."""
+    subs = model_paths.SUBFOLDERS.get(kind, (kind,))
+    return [] if kind == "checkpoints" else [BUNDLED_MODELS / s for s in subs
+                                             if (BUNDLED_MODELS / s).is_dir()]
+
+
+def bundled_names(kind: str) -> list[str]:
+    """Names of the shipped models of a kind, as `list_models` spells them."""
+    return [p.relative_to(d).as_posix() for d in bundled_dirs(kind) for p in d.rglob("*")
+            if p.is_file() and p.suffix in model_paths.MODEL_EXTENSIONS]
+
+
 def touch(path: Path, text: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -78,7 +92,8 @@ def test_lists_nested_files_diffusers_folders_flat_entries_and_the_bundled_model
     assert ours == ["SD1.5/deep/b.ckpt", "a.safetensors", "flat-pipe", "flat.safetensors",
                     "sd-diffusers"]
     assert "noodle-tiny" in names  # the shipped tiny model is a checkpoint
-    assert list_models("loras", folders) == ["old.pt", "style/l.safetensors"]
+    assert list_models("loras", folders) == sorted(["old.pt", "style/l.safetensors",
+                                                    *bundled_names("loras")])
     assert list_models("configs", folders) == ["v1-inference.yaml"]
     assert embedding_names(folders) == ["bad-hands", "neg/easy"]
 
@@ -214,6 +229,9 @@ def test_extra_paths_folders_in_comfyuis_order(yaml_setup: tuple[Path, Folders],
         if kind == "checkpoints":
             assert dirs[-2:] == [folders.models, BUNDLED_MODELS]
             dirs = dirs[:-2]
+        shipped = bundled_dirs(kind)  # searched last, wherever the models folder is
+        assert dirs[len(dirs) - len(shipped):] == shipped, kind
+        dirs = dirs[:len(dirs) - len(shipped)]
         assert dirs == expected[kind], kind
 
 
@@ -224,7 +242,8 @@ def test_extra_paths_models_are_listed_and_found(yaml_setup: tuple[Path, Folders
     touch(tmp_path / "comfy/models/loras/mine.safetensors")
     touch(tmp_path / "a1111/models/Stable-diffusion/sd15.ckpt")
     touch(tmp_path / "a1111/embeddings/neg.pt")
-    assert list_models("loras", folders) == ["mine.safetensors", "sub/ly.safetensors"]
+    assert list_models("loras", folders) == sorted(["mine.safetensors", "sub/ly.safetensors",
+                                                    *bundled_names("loras")])
     assert find_model("loras", "sub/ly.safetensors", folders) == lycoris
     assert embedding_names(folders) == ["neg"]
     assert resolve("sd15.ckpt", folders) == tmp_path / "a1111/models/Stable-diffusion/sd15.ckpt"
@@ -276,6 +295,7 @@ def test_same_folders_as_comfyui_reads_from_the_file(yaml_setup: tuple[Path, Fol
         ours = [str(d) for d in model_dirs(kind, folders)]
         if kind == "checkpoints":
             ours = ours[:-2]  # our flat models/ and the bundled models come last
+        ours = ours[:len(ours) - len(bundled_dirs(kind))]  # so do the shipped LoRAs
         assert ours == theirs[kind], kind
 
 
