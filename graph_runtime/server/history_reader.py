@@ -6,6 +6,7 @@ every method reads SQLite, so call them off the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from graph_runtime.server.queue_items import HistoryRecord
@@ -15,8 +16,8 @@ from graph_runtime.server.store import QueueStore
 class HistoryReader:
     """History access for a class that has the store (`_db`)."""
 
-    def _db(self) -> QueueStore:
-        raise NotImplementedError
+    # The queue's store, from the class this is mixed into (PromptQueue).
+    _db: Callable[[], QueueStore]
 
     def history_count(self) -> int:
         return self._db().count()
