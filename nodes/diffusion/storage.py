@@ -226,6 +226,22 @@ def find_weights(folder: Path, stems: tuple[str, ...]) -> Path:
     raise WeightsError(f"{folder}: no weights found (looked for {', '.join(candidates[:4])} ...)")
 
 
+def _cast_floats(tensors: dict[str, torch.Tensor], dtype: torch.dtype
+                 ) -> dict[str, torch.Tensor]:
+    """Floating-point tensors in `dtype` (what `Module.to(dtype)` converts), several at
+    once: an fp16 checkpoint loaded as fp32 spends most of its load time converting, one
+    tensor after another on one core, and the conversions release the GIL."""
+    todo = [n for n, t in tensors.items() if t.is_floating_point() and t.dtype != dtype]
+    if not todo:
+        return tensors
+    out = dict(tensors)
+    with ThreadPoolExecutor(min(READ_WORKERS, len(todo))) as pool:
+        casts = pool.map(lambda n: tensors[n].to(dtype), todo)
+        for name, cast in zip(todo, casts, strict=True):
+            out[name] = cast
+    return out
+
+
 def build_from_state(
     factory: Callable[[], M],
     state: Mapping[str, torch.Tensor],
@@ -254,6 +270,8 @@ def build_from_state(
     if isinstance(state, SafetensorsFile):
         state.read_all()  # after the names are known to match; each tensor read once
     tensors = dict(state)
+    if dtype is not None:
+        tensors = _cast_floats(tensors, dtype)
     for name, tensor in module.state_dict().items():
         if tuple(tensor.shape) != tuple(tensors[name].shape):
             raise WeightsError(f"{what}: {name} has shape {tuple(tensors[name].shape)}, "
