@@ -3,12 +3,13 @@
 These flags are a contract that shipped workflows, docs and checks rely on:
 
     noodle run FILE [--set NODE.INPUT=VALUE]... [--output-dir DIR] [--target NODE]... [--json]
-        [--extra-model-paths FILE] [--allow-path DIR]...
+        [--extra-model-paths FILE] [--allow-path DIR]... [--vram auto|high|low|cpu]
     noodle validate FILE [--set ...]... [--target ...]... [--json]
     noodle nodes [--json]
     noodle import FILE [-o OUT]
     noodle serve [--host HOST] [--port PORT] [--output-dir DIR] [--extra-model-paths FILE]
         [--auth-token TOKEN] [--state-db FILE] [--requeue-interrupted]
+        [--previews auto|latent|full] [--preview-every N] [--vram auto|high|low|cpu]
         [--backend local|ray] [--ray-address ADDR] [--workers N] [--worker-gpus G]
     noodle batch FILE --sweep NODE.INPUT=SPEC... [--zip] [--set ...]... [--output-dir DIR]
         [--backend local|ray] [--ray-address ADDR] [--workers N] [--worker-gpus G] [--json]
@@ -54,6 +55,7 @@ from graph_runtime.executor import Executor, RunResult, WorkflowInvalid
 from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
 from graph_runtime.scale.flags import scale_flags
+from graph_runtime.serve_flags import memory_flags, serve_flags
 from graph_runtime.settings import ENVIRONMENT, Folders, SettingsError, check_folders, env
 from graph_runtime.workflow import (
     Workflow,
@@ -180,7 +182,15 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
     return Executor(REGISTRY, OutputCache(budgets), folders)
 
 
+def _pass_vram(args: argparse.Namespace) -> None:
+    """--vram is read by the node library's loaders and runners (as NOODLE_VRAM); the
+    engine only passes it on."""
+    if args.vram:
+        os.environ["NOODLE_VRAM"] = args.vram
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _pass_vram(args)
     load_node_library(args.nodes)
     executor = executor_from_args(args)
     wf, errors = _load(args)
@@ -271,6 +281,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     local backend Ray)."""
     if args.previews:  # read by the node library's preview code, which the engine never imports
         os.environ["NOODLE_PREVIEWS"] = args.previews
+    _pass_vram(args)
     names = load_node_library(args.nodes)
     server = importlib.import_module("graph_runtime.server")
     token = args.auth_token or env("NOODLE_AUTH_TOKEN")
@@ -282,7 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.serve(executor, host=args.host, port=args.port,
                  **({"auth_token": token} if token else {}),
                  state_db=args.state_db, requeue_interrupted=args.requeue_interrupted,
-                 backend=backend)
+                 backend=backend, preview_every=args.preview_every)
     return EXIT_OK
 
 
@@ -310,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     wfargs.add_argument("--target", action="append", metavar="NODE",
                         help="run only this node and what it needs (repeatable)")
     wfargs.add_argument("--json", action="store_true", help="machine-readable output")
+    memory = memory_flags()
     paths = argparse.ArgumentParser(add_help=False)
     paths.add_argument("--extra-model-paths", default=None, metavar="FILE",
                        help="a file naming more model folders, in the extra_model_paths.yaml "
@@ -322,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="environment variables:\n" + variables,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", parents=[common, cache, wfargs, paths], help="run a workflow")
+    run = sub.add_parser("run", parents=[common, cache, wfargs, paths, memory],
+                         help="run a workflow")
     run.add_argument("--output-dir", default="output", help="where files go (default: output)")
     run.add_argument("--allow-path", action="append", default=[], metavar="DIR",
                      help="a folder (or file) nodes may read besides the input and model "
@@ -339,25 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("-o", "--output", default=None, metavar="OUT",
                      help="where to write the v1 workflow (default: stdout)")
     imp.set_defaults(func=cmd_import)
-    serve = sub.add_parser("serve", parents=[common, cache, paths], help="start the web canvas")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--previews", choices=("auto", "latent", "full"), default=None,
-                       help="step previews: real VAE decodes when cheap (auto), the fast "
-                            "latent projection, or always decoded (default: NOODLE_PREVIEWS "
-                            "or auto)")
-    serve.add_argument("--port", type=int, default=8188)
-    serve.add_argument("--output-dir", default="output")
-    serve.add_argument("--models-dir", default=None,
-                       help="models folder (default: $NOODLE_MODELS_DIR or models/)")
-    serve.add_argument("--auth-token", default=None, metavar="TOKEN",
-                       help="require this token (bearer header or the /login page); needed "
-                            "off loopback (default: $NOODLE_AUTH_TOKEN)")
-    serve.add_argument("--state-db", default=None, metavar="FILE",
-                       help="SQLite file keeping the queue and history across restarts "
-                            "(default: user/queue.sqlite3; :memory: keeps nothing)")
-    serve.add_argument("--requeue-interrupted", action="store_true",
-                       help="run again a prompt that was running when the server stopped "
-                            "(default: record it in the history as interrupted)")
+    serve = sub.add_parser("serve", parents=[common, cache, paths, memory],
+                           help="start the web canvas")
+    serve_flags(serve)
     serve.set_defaults(func=cmd_serve)
     scale_flags(serve)
     bat = sub.add_parser("batch", parents=[common, cache, wfargs, paths],

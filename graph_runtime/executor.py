@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from graph_runtime.cache import CacheEntry, OutputCache
+from graph_runtime.context import PreviewPolicy, reset_preview_policy, set_preview_policy
 from graph_runtime.graph import build_graph, output_nodes, plan, validate
 from graph_runtime.modes import apply_modes
 from graph_runtime.node_call import Emitter, NodeCall, is_out_of_memory, release_device_memory
@@ -132,6 +133,9 @@ class Executor:
         self.registry = registry
         self.cache = cache if cache is not None else OutputCache()
         self.folders = folders if folders is not None else Folders.from_env()
+        # Who wants step previews (see `context.PreviewPolicy`): nobody unless the embedder
+        # (the server, a script) says so, so plain runs never pay for them.
+        self.previews: PreviewPolicy | None = None
 
     # ------------------------------------------------------------------ planning
     def _prepare(self, wf: Workflow, order: Iterable[str]) -> dict[str, _Prepared]:
@@ -202,10 +206,22 @@ class Executor:
             on_event: Callable[[Event], None] | None = None,
             interrupt: threading.Event | None = None,
             output_dir: Path | str | None = None,
-            run_id: str | None = None) -> RunResult:
+            run_id: str | None = None,
+            previews: PreviewPolicy | None = None) -> RunResult:
         """Validate (raising `WorkflowInvalid`), then run the plan. `output_dir` replaces
         the executor's output folder for this run. Every event carries `run_id` when one
-        is given."""
+        is given. `previews`: who wants step previews in this run (default: the
+        executor's `previews`, nobody unless set)."""
+        token = set_preview_policy(previews if previews is not None else self.previews)
+        try:
+            return self._run(wf, targets, on_event, interrupt, output_dir, run_id)
+        finally:
+            reset_preview_policy(token)
+
+    def _run(self, wf: Workflow | dict[str, Any] | str | Path,
+             targets: Iterable[str] | None, on_event: Callable[[Event], None] | None,
+             interrupt: threading.Event | None, output_dir: Path | str | None,
+             run_id: str | None) -> RunResult:
         started = time.perf_counter()
         original, folders = load_workflow(wf), self._folders(output_dir)
         wf = apply_modes(original, self.registry)  # what runs; files record `original`

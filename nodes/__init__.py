@@ -12,3 +12,4 @@ from nodes import comfyui, lora, upgrades  # noqa: F401, I001
 from nodes import upscale  # noqa: F401, I001
 from nodes import inpaint  # noqa: F401, I001
 from nodes import controlnet  # noqa: F401, I001
+from nodes import compile, offload  # noqa: F401, I001

@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch.nn import functional as F
-
+from nodes.lazy import lazy_module
 from nodes.types import Conditioning
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 CONTROL_OPTION = "control"
 

@@ -14,21 +14,25 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
-
-import kornia
-import torch
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from graph_runtime import Bool, Choice, Float, Folders, folders, memo, node, socket_type
 from nodes.comfyui import model_paths
 from nodes.control_guidance import Control, with_control
-from nodes.diffusion.checkpoints import load_model_folder
-from nodes.diffusion.controlnet import ControlNetModel
-from nodes.diffusion.controlnet_convert import load_controlnet_file
-from nodes.diffusion.devices import pick_device, pick_dtype
 from nodes.files import may_read
+from nodes.lazy import lazy_module
 from nodes.loaders import DTYPES, files_fingerprint
 from nodes.types import Conditioning, Image
+
+if TYPE_CHECKING:
+    from nodes.diffusion.controlnet import ControlNetModel
+
+kornia = lazy_module("kornia")
+torch = lazy_module("torch")
+_checkpoints = lazy_module("nodes.diffusion.checkpoints")
+_controlnet = lazy_module("nodes.diffusion.controlnet")
+_controlnet_convert = lazy_module("nodes.diffusion.controlnet_convert")
+_devices = lazy_module("nodes.diffusion.devices")
 
 log = logging.getLogger("noodle.models")
 KIND = "controlnet"
@@ -94,8 +98,8 @@ def controlnet_fingerprint(inputs: Mapping[str, Any], run_folders: Folders) -> s
 def read_controlnet(path: Path, dtype: torch.dtype, device: torch.device) -> ControlNetModel:
     """A diffusers folder or an original single file."""
     if path.is_dir():
-        return load_model_folder(path, ControlNetModel, dtype, device)
-    return load_controlnet_file(path, dtype, device)
+        return _checkpoints.load_model_folder(path, _controlnet.ControlNetModel, dtype, device)
+    return _controlnet_convert.load_controlnet_file(path, dtype, device)
 
 
 ControlNetName = Annotated[str, Choice(controlnet_choices, allow_other=True, tooltip=(
@@ -113,8 +117,10 @@ def load_controlnet(source: ControlNetName = "",
         raise ValueError("LoadControlNet: input 'source': choose a ControlNet (models/"
                          "controlnet is empty or nothing is selected)")
     path = find_controlnet(source, folders())
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
+    from nodes.offload import placement  # `--vram cpu` keeps it on the CPU too
+
+    dev = placement(device).compute
+    dt = _devices.pick_dtype(dtype, dev)
     st = path.stat()
     key = f"controlnet:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dt}:{dev}"
     return ControlNet(memo(key, lambda: read_controlnet(path, dt, dev)), source)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
+from nodes.lazy import lazy_module
 from nodes.types import Conditioning, Latent
+
+torch = lazy_module("torch")
 
 
 def match_batch(latents: Latent, positive: Conditioning | None) -> tuple[Latent, int]:

@@ -19,16 +19,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
-import numpy as np
-import torch
 from PIL import Image as PILImage
 from PIL import ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from graph_runtime import Choice, Folders, Int, Text, current, folders, node
 from nodes.files import NumberedFiles, UnavailableFile, may_read, spelled_safely
+from nodes.lazy import lazy_module
 from nodes.limits import require_pixels
 from nodes.types import Image, Mask
+
+np = lazy_module("numpy")
+torch = lazy_module("torch")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_IMAGES = REPO_ROOT / "workflows" / "images"  # what the shipped workflows load

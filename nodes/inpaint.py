@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, NamedTuple
-
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from graph_runtime import Int, Seed, node
-from nodes.diffusion.schedulers.schedule import randn
+from nodes.lazy import lazy_module
 from nodes.previews import fit_projection
 from nodes.types import VAE, Image, Latent, Mask, require
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+_schedule = lazy_module("nodes.diffusion.schedulers.schedule")
 
 INPAINT = "inpaint"  # the key of `Latent.extra` InpaintInputs fills
 NOISE_MASK = "noise_mask"  # ComfyUI's key: which cells a sampler may change
@@ -81,7 +84,7 @@ class InpaintLatents:
 
 def _draw(mean: Tensor, std: Tensor, gens: list[torch.Generator]) -> Tensor:
     """A sample of a VAE distribution from the images' generators (as the VAE draws)."""
-    return mean + std * randn(mean.shape, gens, mean.device, mean.dtype)
+    return mean + std * _schedule.randn(mean.shape, gens, mean.device, mean.dtype)
 
 
 def _fit(t: Tensor, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -122,7 +125,7 @@ class Inpainting:
             self.image = _draw(_fit(src.image_mean, batch, device, dtype),
                                _fit(src.image_std, batch, device, dtype), gens)
         shape = (batch, *self.latents.samples.shape[1:])
-        self.noise = randn(torch.Size(shape), gens, device, dtype)
+        self.noise = _schedule.randn(torch.Size(shape), gens, device, dtype)
         if full:
             x = self.noise * sched.init_noise_sigma
         else:

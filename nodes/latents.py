@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-
 from graph_runtime import Int, Seed, node
-from nodes.diffusion.schedulers.schedule import randn
+from nodes.lazy import lazy_module
 from nodes.limits import pixel_budget, require_pixels
 from nodes.previews import fit_projection
 from nodes.types import VAE, Image, Latent, UNet, generator_states, new_generators, require
+
+torch = lazy_module("torch")
+_schedule = lazy_module("nodes.diffusion.schedulers.schedule")
 
 # Widget types the latent nodes share.
 LatentSize = Annotated[int, Int(min=0, max=8192, step=8, tooltip="0: the model's native size")]
@@ -49,7 +50,9 @@ def seeded_noise(unet: UNet, batch_size: int, height: int, width: int, seed: int
     seeds = tuple(seed + i for i in range(batch_size))
     gens = new_generators(seeds)
     shape = torch.Size((batch_size, model.in_channels, height, width))
-    samples = randn(shape, gens, model.device, model.dtype)
+    from nodes.offload import compute_device  # an offloaded UNet's device is its home
+
+    samples = _schedule.randn(shape, gens, compute_device(model), model.dtype)
     return Latent(samples, seeds, generator_states(gens), noise=True, extra=extra)
 
 

@@ -18,12 +18,18 @@ from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
 from graph_runtime import Bool, Choice, Folders, folders, node
-from nodes.diffusion import checkpoints
+from nodes.diffusion import model_files
 from nodes.diffusion.hub import ModelNotFoundError, looks_like_repo_id, snapshot
-from nodes.diffusion.prediction_type import yaml_beside
-from nodes.diffusion.schedulers import SCHEDULER_NAMES, SCHEDULERS
+from nodes.diffusion.names import PREDICTION_TYPES, SCHEDULER_NAMES
 from nodes.files import may_read, spelled_safely
+from nodes.lazy import lazy_module
 from nodes.types import VAE, SchedulerSpec, TextEncoder, Tokenizer, UNet
+
+checkpoints = lazy_module("nodes.diffusion.checkpoints")
+_prediction_type = lazy_module("nodes.diffusion.prediction_type")
+_schedulers = lazy_module("nodes.diffusion.schedulers")
+memory_format = lazy_module("nodes.diffusion.memory_format")
+offload = lazy_module("nodes.offload")
 
 DEFAULT_MODEL = "noodle-tiny"
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
@@ -55,7 +61,7 @@ def resolve(source: str, where: Folders | Path) -> Path:
             return model_paths.find_model("checkpoints", source, run_folders)
         except FileNotFoundError:
             pass
-    return Path(checkpoints.resolve_source(source, models))
+    return Path(model_files.resolve_source(source, models))
 
 
 def resolve_confined(source: str, run_folders: Folders) -> Path:
@@ -92,14 +98,14 @@ def model_choices(folders: Folders) -> list[str]:
         log.warning("listing checkpoints: %s", exc)
         names = []
     readable = [n for n in names if Path(n).suffix.lower() not in model_paths.MODEL_EXTENSIONS
-                or n.endswith(checkpoints.WEIGHT_FILE_SUFFIXES)]
+                or n.endswith(model_files.WEIGHT_FILE_SUFFIXES)]
     return readable or [DEFAULT_MODEL]
 
 
 def _files_of(path: Path) -> list[Path]:
     if path.is_file():
         # A .yaml beside a single file says what the model predicts (v-prediction).
-        config = yaml_beside(path)
+        config = _prediction_type.yaml_beside(path)
         return [path] if config is None else [path, config]
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -196,19 +202,29 @@ Device = Annotated[str, Choice(DEVICES)]
       absent_outputs=absent_components, display_name="Load Pipeline")
 def load_pipeline(source: Source = DEFAULT_MODEL, dtype: Dtype = "auto",
                   device: Device = "auto",
-                  prediction_type: Annotated[str, Choice(checkpoints.PREDICTION_TYPES, tooltip=(
+                  prediction_type: Annotated[str, Choice(PREDICTION_TYPES, tooltip=(
                       "what the model predicts; auto: a .yaml beside a single file "
                       "(parameterization: v), else the model's own setting"))] = "auto",
+                  channels_last: Annotated[bool, Bool(tooltip=(
+                      "store the UNet's and VAE's weights channels-last (NHWC): faster "
+                      "convolutions on recent GPUs, same results"))] = False,
                   ) -> Pipeline:
     """Load every component of a diffusion pipeline from one source.
 
     An unconditional (DDPM) repository gives only `unet` and `scheduler`; linking one of
-    its absent outputs is reported by validation.
+    its absent outputs is reported by validation. Where the models wait between uses
+    follows the memory mode (`--vram`, `nodes.offload`).
     """
     run_folders = folders()
     models = run_folders.models
-    comp = checkpoints.load_components(resolve(source, run_folders), dtype=dtype, device=device,
+    where = offload.placement(device)
+    comp = checkpoints.load_components(resolve(source, run_folders),
+                                       dtype=where.load_dtype(dtype), device=where.load_device,
                                        models_dir=models, prediction_type=prediction_type)
+    if channels_last:
+        memory_format.to_channels_last(comp.unet, comp.vae)
+    where.settle([comp.unet, comp.vae, comp.text_encoder, comp.text_encoder_2], dtype,
+                 vae=comp.vae)
     cfg = comp.scheduler_config
     return Pipeline(
         tokenizer=_tokenizer(comp, source),
@@ -227,8 +243,10 @@ def load_vae(source: VAESource = DEFAULT_MODEL, dtype: Dtype = "auto",
     """Load a VAE on its own, to swap a better one into a pipeline (e.g. sd-vae-ft-mse)."""
     run_folders = folders()
     models = run_folders.models
-    model = checkpoints.load_vae(resolve(source, run_folders), dtype=dtype, device=device,
-                                 models_dir=models)
+    where = offload.placement(device)
+    model = checkpoints.load_vae(resolve(source, run_folders), dtype=where.load_dtype(dtype),
+                                 device=where.load_device, models_dir=models)
+    where.settle([model], dtype, vae=model)
     return VAE(model, source)
 
 
@@ -256,7 +274,7 @@ def swap_scheduler(
     betas and train steps are kept, the new class's own options take their defaults."""
     overrides = {"use_karras_sigmas": True} if karras_sigmas else {}
     try:
-        swapped = SCHEDULERS[type].from_config(scheduler.config, **overrides)
+        swapped = _schedulers.SCHEDULERS[type].from_config(scheduler.config, **overrides)
     except TypeError as exc:
         raise ValueError(f"SwapScheduler: input 'karras_sigmas': {type} has no Karras "
                          "sigmas option") from exc

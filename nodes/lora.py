@@ -15,20 +15,22 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
-
-import torch
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from graph_runtime import Choice, Float, Folders, folders, memo, node
 from nodes.comfyui import model_paths
-from nodes.diffusion.lora.file import parse_lora, read_lora
-from nodes.diffusion.lora.patching import Patch, unpatched, with_patch
+from nodes.lazy import lazy_module
 from nodes.loaders import files_fingerprint
 from nodes.types import TextEncoder, UNet
 
-log = logging.getLogger("noodle.models")
+if TYPE_CHECKING:
+    from nodes.diffusion.lora.patching import Patch
 
-Module = torch.nn.Module
+torch = lazy_module("torch")
+_file = lazy_module("nodes.diffusion.lora.file")
+_patching = lazy_module("nodes.diffusion.lora.patching")
+
+log = logging.getLogger("noodle.models")
 
 
 def lora_choices(run_folders: Folders) -> list[str]:
@@ -57,7 +59,7 @@ def lora_tensors(name: str, run_folders: Folders) -> tuple[Path, dict[str, torch
     path = model_paths.find_model("loras", name, run_folders)
     st = path.stat()
     key = f"lora:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return path, memo(key, lambda: read_lora(path))
+    return path, memo(key, lambda: _file.read_lora(path))
 
 
 def _on_device(delta: Any, device: torch.device) -> Any:
@@ -73,23 +75,23 @@ def _on_device(delta: Any, device: torch.device) -> Any:
     return dataclasses.replace(delta, **changes) if changes else delta
 
 
-def lora_patches(state: Mapping[str, torch.Tensor], modules: Mapping[str, Module | None],
+def lora_patches(state: Mapping[str, torch.Tensor], modules: Mapping[str, torch.nn.Module | None],
                  strengths: Mapping[str, float], label: str) -> dict[str, Patch]:
     """One `Patch` per component the file patches ("unet", "text_encoder",
     "text_encoder_2"), at that component's strength; none for a strength of 0."""
-    bases = {k: (unpatched(m)[0] if m is not None else None) for k, m in modules.items()}
-    found = parse_lora(state, bases)
+    bases = {k: (_patching.unpatched(m)[0] if m is not None else None) for k, m in modules.items()}
+    found = _file.parse_lora(state, bases)
     patches: dict[str, Patch] = {}
     for component, deltas in found.items():
         base, strength = bases.get(component), float(strengths.get(component, 0.0))
         if base is None or not deltas or strength == 0.0:
             continue
         moved = {n: _on_device(d, base.get_parameter(n).device) for n, d in deltas.items()}
-        patches[component] = Patch(moved, strength, f"{label} @ {strength:g}")
+        patches[component] = _patching.Patch(moved, strength, f"{label} @ {strength:g}")
     return patches
 
 
-def text_modules(text_encoder: TextEncoder | None) -> dict[str, Module | None]:
+def text_modules(text_encoder: TextEncoder | None) -> dict[str, torch.nn.Module | None]:
     """A text encoder's modules by the component names LoRA files use; SDXL's refiner
     has only the second encoder, which is then `model`."""
     if text_encoder is None:
@@ -104,11 +106,11 @@ def patched_text_encoder(text_encoder: TextEncoder, patches: Mapping[str, Patch]
     """The text encoder value with the patches stacked on its modules."""
     first, second = text_encoder.model, text_encoder.model_2
     if text_encoder.sdxl and second is None:  # the refiner's only encoder is the second
-        first = with_patch(first, patches.get("text_encoder_2"))
+        first = _patching.with_patch(first, patches.get("text_encoder_2"))
     else:
-        first = with_patch(first, patches.get("text_encoder"))
+        first = _patching.with_patch(first, patches.get("text_encoder"))
         if second is not None:
-            second = with_patch(second, patches.get("text_encoder_2"))
+            second = _patching.with_patch(second, patches.get("text_encoder_2"))
     return dataclasses.replace(text_encoder, model=first, model_2=second)
 
 
@@ -137,7 +139,7 @@ def load_lora(unet: UNet, text_encoder: TextEncoder | None = None, name: LoRANam
         raise ValueError("LoadLoRA: input 'name': choose a LoRA file (models/loras is "
                          "empty or nothing is selected)")
     path, state = lora_tensors(name, folders())
-    modules: dict[str, Module | None] = {"unet": unet.model, **text_modules(text_encoder)}
+    modules: dict[str, torch.nn.Module | None] = {"unet": unet.model, **text_modules(text_encoder)}
     strengths = {"unet": strength_unet, "text_encoder": strength_text,
                  "text_encoder_2": strength_text}
     try:

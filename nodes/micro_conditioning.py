@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import torch
-
 from graph_runtime import Float, Int, node
 from nodes.guidance import expand
+from nodes.lazy import lazy_module
 from nodes.types import MICRO_CONDITIONING, Conditioning, Latent
+
+torch = lazy_module("torch")
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
 # Pixels per latent cell when nothing says otherwise (every released SD VAE).

@@ -22,15 +22,18 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
-import torch
 from PIL import Image as PILImage
 
 from graph_runtime.settings import document_env, env
+from nodes.lazy import lazy_module
 
-SD_LATENT_RGB = torch.tensor([
+torch = lazy_module("torch")
+
+SD_LATENT_RGB = ([  # SD 1.x latent channel -> RGB factors
     [0.3512, 0.2297, 0.3227],
     [0.3250, 0.4974, 0.2350],
     [-0.2829, 0.1762, 0.2721],
@@ -82,7 +85,7 @@ def latent_to_rgb(sample: torch.Tensor, projection: torch.Tensor | None = None,
         rgb = torch.einsum("chw,cr->rhw", x, projection[:-1]) + projection[-1, :, None, None]
         return (rgb / 2 + 0.5).clamp(0, 1)
     if x.shape[0] == 4:
-        rgb = torch.einsum("chw,cr->rhw", x, SD_LATENT_RGB)
+        rgb = torch.einsum("chw,cr->rhw", x, x.new_tensor(SD_LATENT_RGB))
         return ((rgb + 1) / 2).clamp(0, 1)
     return _principal_rgb(x)
 
@@ -208,11 +211,16 @@ def _unscale(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 def decode_preview(vae: torch.nn.Module, sample: torch.Tensor) -> torch.Tensor | None:
     """The first sample decoded by the VAE, RGB [3, H, W] in 0..1; None where a decode
-    would be wrong (a float16 VAE that must run in float32: previews never recast it)."""
+    would be wrong (a float16 VAE that must run in float32: previews never recast it).
+    An offloaded VAE (`--vram low`) is brought over for the decode like any other use, so a
+    decode node starting meanwhile on another thread never moves it under the preview."""
+    from nodes.offload import on_compute_device
+
     p = next(vae.parameters())
     if p.dtype == torch.float16 and bool(vae.config.get("force_upcast", False)):
         return None
-    with torch.no_grad():
+    with on_compute_device(vae), torch.no_grad():
+        p = next(vae.parameters())
         z = _unscale(vae, sample[:1].detach().to(p.device, p.dtype))
         x = vae.decode(z)
     return (x[0].float().cpu() / 2 + 0.5).clamp(0, 1)
@@ -278,3 +286,13 @@ def step_preview(sample: torch.Tensor, projection: torch.Tensor | None = None,
         factor = -(-MIN_SIDE // side)
         img = img.resize((img.width * factor, img.height * factor), PILImage.NEAREST)
     return img
+
+
+def deferred_preview(sample: torch.Tensor, projection: torch.Tensor | None = None,
+                     pixel_space: bool = False, final: bool = False
+                     ) -> Callable[[], PILImage.Image]:
+    """`step_preview` of the first sample, to be rendered later (off the sampling thread,
+    see `RunContext.progress`): the sample is copied now, on its device and without
+    waiting for it, so the loop may go on changing its own tensors."""
+    copy = sample[:1].detach().clone()
+    return lambda: step_preview(copy, projection, pixel_space, final=final)

@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from nodes.lazy import lazy_module
 from nodes.prompt_weighting import Segment
 from nodes.textual_inversion import EMBEDDING_PREFIX
+
+torch = lazy_module("torch")
 
 CHUNK = 75
 # `embedding:name` at the start of the text or after whitespace or "(", as

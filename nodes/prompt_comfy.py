@@ -16,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import torch
-
 from graph_runtime import folders
 from nodes.comfyui.clip_text import Window, encode_tokens, tokenize_all
 from nodes.comfyui.prompt_syntax import UnknownEmbeddings, prompt_words
 from nodes.comfyui.types import Clip
+from nodes.lazy import lazy_module
 from nodes.textual_inversion import Embedding, embedding_lookup, missing_message
 from nodes.types import Conditioning, TextEncoder, Tokenizer, Tokens
+
+torch = lazy_module("torch")
 
 Windows = dict[str, list[Window]]
 

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import torch
-
+from nodes.lazy import lazy_module
 from nodes.prompt_weighting import apply_a1111_weights
 from nodes.textual_inversion import Embedding, extra_token_vectors
+
+torch = lazy_module("torch")
 
 
 @dataclass(frozen=True)

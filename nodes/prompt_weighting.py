@@ -23,9 +23,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
-
 from nodes.comfyui.prompt_syntax import weighted_segments
+from nodes.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 WEIGHTINGS = ("none", "comfy", "a1111")
 EMPHASIS = 1.1

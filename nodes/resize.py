@@ -10,11 +10,18 @@ latents from losing contrast as plain averaging does.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
 from PIL import Image as PILImage
-from torch import Tensor
-from torch.nn import functional as F
+
+from nodes.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+np = lazy_module("numpy")
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 TORCH_MODES = ("nearest-exact", "bilinear", "area", "bicubic")
 LATENT_METHODS = [*TORCH_MODES, "bislerp"]

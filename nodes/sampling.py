@@ -15,16 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import torch
-
 from graph_runtime import Float, Int, current, node
 from nodes.control_guidance import control_kwargs, control_run, split_control
-from nodes.diffusion.schedulers.schedule import randn
 from nodes.guidance import combine, guidance_context, match_batch
 from nodes.inpaint import finished_extra, inpainting
+from nodes.lazy import lazy_module
 from nodes.micro_conditioning import added_conditions, pixel_size
-from nodes.previews import step_preview
+from nodes.previews import deferred_preview
 from nodes.types import Conditioning, Latent, SchedulerSpec, UNet, generator_states, require
+
+torch = lazy_module("torch")
+_schedule = lazy_module("nodes.diffusion.schedulers.schedule")
 
 
 def img2img_timesteps(sched: Any, steps: int, strength: float) -> tuple[torch.Tensor, int]:
@@ -117,13 +118,14 @@ def starting_sample(sched: Any, latents: Latent, gens: list[torch.Generator], st
         return latents.samples.to(device, dtype) * sched.init_noise_sigma, sched.timesteps, steps
     timesteps, n_steps = img2img_timesteps(sched, steps, strength)
     clean = latents.samples.to(device, dtype)
-    noise = randn(clean.shape, gens, device, dtype)
+    noise = _schedule.randn(clean.shape, gens, device, dtype)
     return sched.add_noise(clean, noise, timesteps[:1].repeat(len(clean))), timesteps, n_steps
 
 
 class StepReport:
-    """Progress with a preview at each step boundary, an interrupt check in between; nothing
-    when the node is called outside a run."""
+    """Progress at each step boundary, an interrupt check in between; nothing when the node
+    is called outside a run. A preview is made only when the run wants one for that step
+    (`RunContext.wants_preview`), and rendered off the loop (`deferred_preview`)."""
 
     def __init__(self, n_timesteps: int, n_steps: int, order: int, latents: Latent) -> None:
         self.ctx = current()
@@ -136,14 +138,17 @@ class StepReport:
         ctx = self.ctx
         if ctx is None:
             return
-        if not self.marks[i]:
+        step, total = self.marks[i], self.n_steps
+        if not step:
             ctx.check_interrupt()
             return
-        shown = getattr(out, "pred_original_sample", None)
-        shown = out.prev_sample if shown is None else shown
-        ctx.progress(self.marks[i], self.n_steps,
-                     step_preview(shown, self.projection, self.pixel_space,
-                                  final=self.marks[i] == self.n_steps))
+        preview = None
+        if ctx.wants_preview(step, total):
+            shown = getattr(out, "pred_original_sample", None)
+            shown = out.prev_sample if shown is None else shown
+            preview = deferred_preview(shown, self.projection, self.pixel_space,
+                                       final=step == total)
+        ctx.progress(step, total, preview)
 
 
 Fraction = Annotated[float, Float(min=0.0, max=1.0, step=0.01)]
@@ -229,20 +234,24 @@ def denoise(
                                          pixel_size(latents), device, dtype)
         report = StepReport(len(timesteps), n_steps, sched.order, latents)
         control = control_run(controls, x, use_cfg, len(timesteps))
+        # The scheduler gets each timestep as a host number, read here once: its per-step
+        # bookkeeping (table lookups, "is this the last step?") then never waits for the
+        # device. The UNet gets the same timestep as a device tensor.
+        host_timesteps = timesteps.tolist()
+        kwargs: dict[str, Any] = {}
+        if context is not None:
+            kwargs = {"encoder_hidden_states": context, "added_cond_kwargs": added}
         with torch.no_grad():
-            for i, t in enumerate(timesteps):
-                model_in = sched.scale_model_input(torch.cat([x] * 2) if use_cfg else x, t)
+            for i, (t, t_host) in enumerate(zip(timesteps, host_timesteps, strict=True)):
+                model_in = sched.scale_model_input(torch.cat([x, x]) if use_cfg else x, t_host)
                 # A 9-channel UNet also takes the mask and masked image (a ControlNet not).
                 unet_in = model_in if inpaint is None else inpaint.unet_input(model_in)
-                if context is None:
-                    pred = model(unet_in, t)
-                else:
-                    pred = model(unet_in, t, encoder_hidden_states=context,
-                                 added_cond_kwargs=added,
-                                 **control_kwargs(control, i, model_in, t, context, added))
+                extra = kwargs if control is None else {
+                    **kwargs, **control_kwargs(control, i, model_in, t, context, added)}
+                pred = model(unet_in, t, **extra)
                 if use_cfg:
                     pred = combine(pred, guidance_scale)
-                out = sched.step(pred, t, x, generator=gens)
+                out = sched.step(pred, t_host, x, generator=gens)
                 x = out.prev_sample
                 if inpaint is not None:  # a 4-channel UNet keeps the unmasked region
                     x = inpaint.blend(sched, x, i, timesteps)

@@ -21,10 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any
 
-import torch
-
 from graph_runtime import Bool, Choice, Folders, Int, Text, folders, node
 from nodes.comfyui.prompt_embeddings import unknown_embeddings
+from nodes.lazy import lazy_module
 from nodes.prompt_chunks import chunk_pieces, embedding_names, prompt_pieces, special_ids
 from nodes.prompt_chunks import windows as make_windows
 from nodes.prompt_comfy import encode_comfy, tokenize_comfy
@@ -45,6 +44,8 @@ from nodes.textual_inversion import (
     missing_message,
 )
 from nodes.types import Conditioning, TextEncoder, Tokenizer, Tokens, require
+
+torch = lazy_module("torch")
 
 Prompt = Annotated[str, Text(multiline=True)]
 Batch = Annotated[bool, Bool(tooltip="one prompt per line: the lines become a batch of prompts")]
@@ -207,6 +208,15 @@ def _encode_all(text_encoder: TextEncoder, sets: list[Tokens], clip_skip: int, u
 
 def encode_tokens(text_encoder: TextEncoder, tokens: Tokens, clip_skip: int = 0,
                   node_type: str = "EncodeText") -> Conditioning:
+    """`_encode_tokens` with offloaded encoders (`--vram low`) on their compute device."""
+    from nodes.offload import on_compute_device
+
+    with on_compute_device(*text_encoder.models):
+        return _encode_tokens(text_encoder, tokens, clip_skip, node_type)
+
+
+def _encode_tokens(text_encoder: TextEncoder, tokens: Tokens, clip_skip: int,
+                   node_type: str) -> Conditioning:
     """Encode prompts and the empty prompt separately (one call each, as diffusers does).
 
     SDXL's conditioning also carries the pooled embeddings; its unconditional input is

@@ -32,9 +32,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import torch
-
 from graph_runtime import Folders, memo
+from nodes.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 log = logging.getLogger("noodle.embeddings")
 

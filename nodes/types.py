@@ -15,15 +15,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from graph_runtime import socket_type
 from graph_runtime.cache import measure
-from nodes.diffusion.lora.patching import Patch, PatchedModule, patched
-from nodes.diffusion.schedulers import scheduler_from_config
-from nodes.diffusion.unet import UNet2DConditionModel
+from nodes.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from nodes.diffusion.lora.patching import Patch
+
+torch = lazy_module("torch")
 
 
 @socket_type("TOKENIZER", color="#d08770")
@@ -74,6 +75,8 @@ class UNet:
     """A denoising UNet (`UNet2DConditionModel`, or `UNet2DModel` for pixel-space DDPM).
 
     `attention_slice` is applied with `set_attention_slice` each time the UNet runs.
+    `compiled` (CompileModel) is a `torch.compile` wrapper of `model`, sharing its weights,
+    called in its place; patches, options and offloading act on `model` as usual.
     """
 
     model: torch.nn.Module
@@ -81,10 +84,13 @@ class UNet:
     attention_slice: str | int | None = None
     # LoRA patches (LoadLoRA), applied to copies of the affected weights while it runs.
     patches: tuple[Patch, ...] = ()
+    compiled: torch.nn.Module | None = None
 
     @property
     def conditional(self) -> bool:
         """Whether the UNet takes text conditioning (has cross-attention)."""
+        from nodes.diffusion.unet import UNet2DConditionModel
+
         return isinstance(self.model, UNet2DConditionModel)
 
     def prepared(self) -> torch.nn.Module:
@@ -92,15 +98,26 @@ class UNet:
         setter = getattr(self.model, "set_attention_slice", None)
         if setter is not None:
             setter(self.attention_slice)
+        if self.compiled is not None:
+            from nodes.diffusion.compiled import runner
+
+            return runner(self.model, self.patches, self.compiled)
+        from nodes.diffusion.lora.patching import PatchedModule
+
         return PatchedModule(self.model, self.patches) if self.patches else self.model
 
     @contextmanager
     def running(self) -> Iterator[torch.nn.Module]:
         """`prepared()`, with the LoRA patches merged once for the whole block (a sampling
-        loop) instead of on every call; the shared module is restored afterwards."""
-        model = self.prepared()
-        with patched(self.model, self.patches):
-            yield model
+        loop) instead of on every call; the shared module is restored afterwards.
+        An offloaded UNet (`--vram low`) is on its compute device for the block."""
+        from nodes.diffusion.lora.patching import patched
+        from nodes.offload import on_compute_device
+
+        with on_compute_device(self.model):
+            model = self.prepared()
+            with patched(self.model, self.patches):
+                yield model
 
     def __nbytes__(self) -> dict[str, int]:
         """A patched UNet holds only its patches: the base module is its loader's."""
@@ -139,18 +156,22 @@ class VAE:
     def running(self) -> Iterator[torch.nn.Module]:
         """The prepared module, in float32 for the duration when its config says
         `force_upcast` and it is held in float16 (SDXL's VAE overflows in fp16; diffusers'
-        SDXL pipelines upcast it the same way around each encode and decode)."""
-        model = self.prepared()
-        dtype = next(model.parameters()).dtype
-        upcast = dtype == torch.float16 and bool(model.config.get("force_upcast", False))
-        if not upcast:
-            yield model
-            return
-        model.to(torch.float32)
-        try:
-            yield model
-        finally:
-            model.to(dtype)
+        SDXL pipelines upcast it the same way around each encode and decode). An
+        offloaded VAE (`--vram low`) is on its compute device for the block."""
+        from nodes.offload import on_compute_device
+
+        with on_compute_device(self.model):
+            model = self.prepared()
+            dtype = next(model.parameters()).dtype
+            upcast = dtype == torch.float16 and bool(model.config.get("force_upcast", False))
+            if not upcast:
+                yield model
+                return
+            model.to(torch.float32)
+            try:
+                yield model
+            finally:
+                model.to(dtype)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Per-channel latent mean and std, for VAEs whose config has them."""
@@ -193,6 +214,8 @@ class SchedulerSpec:
     source: str = ""
 
     def build(self) -> Any:
+        from nodes.diffusion.schedulers import scheduler_from_config
+
         return scheduler_from_config(self.config, self.class_name)
 
 

@@ -14,18 +14,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from graph_runtime import Folders, current, memo, socket_type
 from nodes.comfyui import model_paths
-from nodes.diffusion.devices import pick_device
+from nodes.lazy import lazy_module
 from nodes.loaders import files_fingerprint
 from nodes.types import Image
-from nodes.upscalers.loading import LoadedUpscaler, load_upscaler, read_state
-from nodes.upscalers.tiles import tiled
+
+if TYPE_CHECKING:
+    from nodes.upscalers.loading import LoadedUpscaler
+if TYPE_CHECKING:
+    from torch import nn
+
+torch = lazy_module("torch")
+_devices = lazy_module("nodes.diffusion.devices")
+_loading = lazy_module("nodes.upscalers.loading")
+_tiles = lazy_module("nodes.upscalers.tiles")
 
 log = logging.getLogger("noodle.models")
 
@@ -87,10 +92,10 @@ def load_upscale_model(name: str, run_folders: Folders, node_type: str) -> Upsca
 
     def build() -> LoadedUpscaler:
         try:
-            loaded = load_upscaler(read_state(path))
+            loaded = _loading.load_upscaler(_loading.read_state(path))
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ValueError(f"{node_type}: {name}: {exc}") from exc
-        loaded.module.to(pick_device("auto"))
+        loaded.module.to(_devices.pick_device("auto"))
         return loaded
 
     return UpscaleModel(memo(key, build), path.name)
@@ -110,7 +115,7 @@ def upscale_pixels(model: UpscaleModel, image: Image, tile: int, overlap: int,
     x = image.pixels.movedim(-1, 1).to(param.device, param.dtype)
     while True:
         try:
-            out = tiled(x, model.loaded.run, model.scale, tile, min(overlap, tile - 1),
+            out = _tiles.tiled(x, model.loaded.run, model.scale, tile, min(overlap, tile - 1),
                         margin, report_tile)
             break
         except torch.cuda.OutOfMemoryError:

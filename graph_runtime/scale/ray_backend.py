@@ -244,6 +244,12 @@ class RayBackend:
                 self._release(slot, held)
             return self._result(payload, slot.name, retried)
 
+    def _preview_every(self) -> int:
+        """The server's preview setting while someone watches, else 0: the worker then
+        makes no previews at all."""
+        policy = self.executor.previews
+        return policy.every if policy is not None and policy.listening() else 0
+
     def _stream(self, slot: _Slot, document: dict[str, Any], on_event: OnEvent,
                 interrupt: threading.Event, seen: list[Event]) -> dict[str, Any]:
         """Relay the worker's events (files placed here first, each kept in `seen`);
@@ -255,7 +261,8 @@ class RayBackend:
         paths: dict[str, str] = {}
         payload: dict[str, Any] = {}
         try:
-            for ref in slot.handle.run.remote(run_id, document):
+            for ref in slot.handle.run.remote(run_id, document,
+                                              preview_every=self._preview_every()):
                 event = ray.get(ref)
                 seen.append({"type": event["type"]})
                 if event["type"] == RESULT:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from graph_runtime.cache import OutputCache
+from graph_runtime.context import PreviewPolicy
 from graph_runtime.executor import Executor, RunResult, WorkflowInvalid
 from graph_runtime.registry import REGISTRY
 from graph_runtime.settings import Folders
@@ -96,10 +97,13 @@ class ExecutorWorker:
         """The signatures this worker's cache holds, for the dispatcher's affinity."""
         return [k for k in self.executor.cache.keys() if not k.startswith("memo:")]
 
-    def run(self, run_id: str, workflow: dict[str, Any],
-            output_dir: str | None = None) -> Iterator[Event]:
+    def run(self, run_id: str, workflow: dict[str, Any], output_dir: str | None = None,
+            preview_every: int = 0) -> Iterator[Event]:
         """Run `workflow`, yielding its events as they happen (with the bytes of files they
-        show), then one `worker_result` event. Ray streams these to the caller."""
+        show), then one `worker_result` event. Ray streams these to the caller.
+        `preview_every`: step previews every N steps and the last (0: none), as the server
+        asks when someone is watching."""
+        previews = PreviewPolicy(preview_every) if preview_every > 0 else None
         events: queue.Queue[Any] = queue.Queue()
         flag = self._interrupts[run_id] = threading.Event()
         box: dict[str, Any] = {}
@@ -107,7 +111,8 @@ class ExecutorWorker:
         def work() -> None:
             try:
                 box["result"] = self.executor.run(workflow, on_event=events.put,
-                                                  interrupt=flag, output_dir=output_dir)
+                                                  interrupt=flag, output_dir=output_dir,
+                                                  previews=previews)
             except WorkflowInvalid as exc:
                 box["invalid"] = exc.errors
             except Exception as exc:  # noqa: BLE001 - sent back, the worker lives on

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from graph_runtime.context import PreviewPolicy
 from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
 from graph_runtime.server import auth
@@ -52,6 +53,8 @@ from graph_runtime.server.security import is_loopback_bind, security_middleware
 from graph_runtime.server.workflows import WorkflowStore, import_handler
 from graph_runtime.workflow import WorkflowFormatError, from_dict
 
+# Step previews every this many steps (and the last), as ComfyUI shows them: every step.
+PREVIEW_EVERY = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = REPO_ROOT / "web"
 HUB_KEY = web.AppKey("hub", Hub)
@@ -176,7 +179,8 @@ def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES,
                auth_token: str | None = None, state_db: Path | str | None = None,
                requeue_interrupted: bool = False,
-               backend: Backend | None = None) -> web.Application:
+               backend: Backend | None = None,
+               preview_every: int = PREVIEW_EVERY) -> web.Application:
     """Build the application around `executor`, whose folders it serves and fills.
     `bind_host` decides the DNS-rebinding guard: on a loopback address only loopback
     `Host` headers are answered. `workflows_dir` holds the shipped, read-only workflows.
@@ -184,7 +188,9 @@ def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
     that keeps the queue and history across restarts (default `queue.sqlite3` in the user
     folder; ":memory:" keeps nothing); `requeue_interrupted` runs again a prompt that was
     running when the server stopped, instead of recording it as interrupted. `backend`:
-    where prompts run (default: this executor, one at a time; see `backend`)."""
+    where prompts run (default: this executor, one at a time; see `backend`).
+    `preview_every`: step previews every N steps and the last, made only while a canvas
+    socket is open (0: never)."""
     # Workflows come from anyone who can reach the server: nodes read only its folders.
     executor.folders = folders = executor.folders.confined()
     for folder in (folders.output, folders.input, folders.temp):
@@ -195,6 +201,7 @@ def create_app(executor: Executor, *, workflows_dir: Path | str | None = None,
         auth.install(app, auth_token)
     app.middlewares.append(body_limits_middleware())  # after the guards: see `limits`
     hub = Hub()
+    executor.previews = PreviewPolicy(preview_every, hub.listening)
     queue = PromptQueue(executor, hub.publish_threadsafe,
                         state_db=state_db if state_db is not None
                         else folders.user / "queue.sqlite3",

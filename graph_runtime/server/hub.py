@@ -211,6 +211,11 @@ class Hub:
                     await client.sender
         return ws
 
+    def listening(self, dialect: str = NOODLE) -> bool:
+        """Whether a socket of `dialect` is open (asked from the queue's worker thread):
+        step previews are made only while one is, since only ours carry them."""
+        return any(name == dialect for name, _ in tuple(self._clients))
+
     def connected(self, dialect: str = NOODLE) -> list[str]:
         """The client ids with a socket open in `dialect` (for tests and diagnostics)."""
         return sorted(cid for (name, cid) in self._clients if name == dialect)

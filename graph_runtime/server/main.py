@@ -26,12 +26,14 @@ log = logging.getLogger("noodle.server")
 def serve(executor: Executor, host: str = "127.0.0.1", port: int = 8188,
           workflows_dir: Path | str | None = None, print_url: bool = True,
           auth_token: str | None = None, state_db: Path | str | None = None,
-          requeue_interrupted: bool = False, backend: Backend | None = None) -> None:
+          requeue_interrupted: bool = False, backend: Backend | None = None,
+          preview_every: int | None = None) -> None:
     """Run the server until interrupted (Ctrl+C). The executor's folders are made absolute,
     so the folders served and the folders nodes read and write stay the same ones. A
     non-loopback `host` needs an `auth_token` (`SettingsError` otherwise). `state_db` and
     `requeue_interrupted`: where the queue and history are kept, see `create_app`;
-    `backend`: where prompts run (default: this executor)."""
+    `backend`: where prompts run (default: this executor); `preview_every`: step previews
+    every N steps (default `app.PREVIEW_EVERY`; 0: none)."""
     require_token(host, auth_token)
     executor.folders = executor.folders.resolved()
     if workflows_dir is None:
@@ -41,7 +43,8 @@ def serve(executor: Executor, host: str = "127.0.0.1", port: int = 8188,
                     "token can run workflows and read the output folder", host)
     app = create_app(executor, workflows_dir=workflows_dir, bind_host=host,
                      auth_token=auth_token, state_db=state_db,
-                     requeue_interrupted=requeue_interrupted, backend=backend)
+                     requeue_interrupted=requeue_interrupted, backend=backend,
+                     **({} if preview_every is None else {"preview_every": preview_every}))
     shown = f"[{host}]" if ":" in host else host
     if print_url:
         page = "login" if auth_token is not None else ""

@@ -30,11 +30,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from nodes.comfyui.prompt_syntax import prompt_words
 from nodes.comfyui.types import Clip
+from nodes.lazy import lazy_module
 from nodes.textual_inversion import Embedding, extra_token_vectors
+
+torch = lazy_module("torch")
 
 log = logging.getLogger("noodle.comfyui")
 
@@ -54,7 +55,7 @@ Tokens = Mapping[str, list["Window"]]
 Lookup = Callable[[str], Embedding | None]
 # A place in a window: a token id, an embedding vector, or None for a vector the encoder
 # cannot read (dropped when the window is finished).
-Entry = tuple[int | torch.Tensor | None, float]
+Entry = tuple["int | torch.Tensor | None", float]
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,7 +276,15 @@ def tokenize_all(clip: Clip, text: str, lookup: Lookup | None = None
 
 def encode_tokens(clip: Clip, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     """`(embeds, pooled)` from each encoder's windows. SDXL: L's and G's states side by
-    side (cut to the shorter), G's pooled output."""
+    side (cut to the shorter), G's pooled output. Offloaded encoders (`--vram low`) are on
+    their compute device meanwhile."""
+    from nodes.offload import on_compute_device
+
+    with on_compute_device(clip.text_encoder, clip.text_encoder_2):
+        return _encode_tokens(clip, tokens)
+
+
+def _encode_tokens(clip: Clip, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     found = readers(clip)
     if "g" not in found:
         return encode_windows(found["l"], tokens["l"])

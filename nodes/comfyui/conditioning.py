@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
-
 from graph_runtime import Choice, Float, Int, Text, node
 from nodes.comfyui import clip_text
 from nodes.comfyui.prompt_embeddings import check_embeddings, embeddings_changed, run_lookup
 from nodes.comfyui.types import Clip
+from nodes.lazy import lazy_module
 from nodes.types import Conditioning, CondPart, Mask
+
+torch = lazy_module("torch")
 
 MAX_RESOLUTION = 16384
 AreaSize = Annotated[int, Int(min=64, max=MAX_RESOLUTION, step=8)]

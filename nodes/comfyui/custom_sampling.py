@@ -11,22 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated, NamedTuple
 
-import torch
-
 from graph_runtime import Bool, Choice, Float, Int, node
 from nodes.comfyui.guidance import SamplingRun
 from nodes.comfyui.sampling import Cfg, NoiseSeed, Steps, check_schedule, schedule_problem
 from nodes.comfyui.types import Guider, Model, NoiseSource, SamplerChoice, Sigmas
-from nodes.diffusion.ksampling import (
-    SAMPLER_NAMES,
-    SCHEDULER_NAMES,
-    calculate_sigmas,
-    exponential_sigmas,
-    karras_sigmas,
-    sample_custom,
-    sampler_function,
-)
+from nodes.diffusion.names import KSAMPLER_NAMES as SAMPLER_NAMES
+from nodes.diffusion.names import KSCHEDULER_NAMES as SCHEDULER_NAMES
+from nodes.lazy import lazy_module
 from nodes.types import Conditioning, Latent
+
+torch = lazy_module("torch")
+_ksampling = lazy_module("nodes.diffusion.ksampling")
 
 SigmaValue = Annotated[float, Float(min=0.0, max=5000.0, step=0.01)]
 SD_SIGMA_MAX, SD_SIGMA_MIN = 14.614642, 0.0291675
@@ -48,8 +43,9 @@ def run_custom(guider: Guider, noise: NoiseSource, sampler: SamplerChoice, sigma
     run = SamplingRun(guider, latent, sigmas.steps)
     start = noise.generate(run.samples, latent.extra.get("batch_index"))
     with guider.model.unet.running():  # LoRA patches merged once for the whole run
-        out = sample_custom(run.denoiser, start, run.samples, sigmas.sigmas, sampler.sampler,
-                            noise.seed, callback=run.callback, denoise_mask=run.mask)
+        out = _ksampling.sample_custom(run.denoiser, start, run.samples, sigmas.sigmas,
+                                       sampler.sampler, noise.seed, callback=run.callback,
+                                       denoise_mask=run.mask)
     return Sampled(*run.results(out))
 
 
@@ -59,7 +55,7 @@ def ksampler_select(
     sampler_name: Annotated[str, Choice(SAMPLER_NAMES)] = SAMPLER_NAMES[0],
 ) -> SamplerChoice:
     """A sampling algorithm by name, for SamplerCustom / SamplerCustomAdvanced."""
-    return SamplerChoice(sampler_function(sampler_name))
+    return SamplerChoice(_ksampling.sampler_function(sampler_name))
 
 
 @node("BasicScheduler", category="ComfyUI/sampling/custom_sampling/schedulers",
@@ -79,7 +75,8 @@ def basic_scheduler(
         if denoise <= 0.0:
             return Sigmas(torch.zeros(0))
         total = int(steps / denoise)
-    return Sigmas(calculate_sigmas(model.sampling, scheduler, total).cpu()[-(steps + 1):])
+    sigmas = _ksampling.calculate_sigmas(model.sampling, scheduler, total)
+    return Sigmas(sigmas.cpu()[-(steps + 1):])
 
 
 @node("SDTurboScheduler", category="ComfyUI/sampling/custom_sampling/schedulers",
@@ -106,7 +103,7 @@ def karras_scheduler(
     rho: Annotated[float, Float(min=0.0, max=100.0, step=0.01)] = 7.0,
 ) -> Sigmas:
     """Karras et al.'s schedule between two noise levels (SD 1.x's by default)."""
-    return Sigmas(karras_sigmas(steps, sigma_min, sigma_max, rho))
+    return Sigmas(_ksampling.karras_sigmas(steps, sigma_min, sigma_max, rho))
 
 
 @node("ExponentialScheduler", category="ComfyUI/sampling/custom_sampling/schedulers",
@@ -117,7 +114,7 @@ def exponential_scheduler(
     sigma_min: SigmaValue = SD_SIGMA_MIN,
 ) -> Sigmas:
     """Noise levels evenly spaced in log sigma."""
-    return Sigmas(exponential_sigmas(steps, sigma_min, sigma_max))
+    return Sigmas(_ksampling.exponential_sigmas(steps, sigma_min, sigma_max))
 
 
 @node("SplitSigmas", category="ComfyUI/sampling/custom_sampling/sigmas",

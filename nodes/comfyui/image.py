@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-
 from graph_runtime import Choice, Float, Int, node
 from nodes.comfyui.upscale import CROPS, IMAGE_METHODS, upscale
+from nodes.lazy import lazy_module
 from nodes.limits import require_pixels
 from nodes.types import Image
+
+torch = lazy_module("torch")
 
 MAX_RESOLUTION = 16384
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, NamedTuple
 
-import torch
-from torch.nn import functional as F
-
 from graph_runtime import Int, node
 from nodes.comfyui.vae import _encode
 from nodes.inpaint import NOISE_MASK, grow, pad_image
+from nodes.lazy import lazy_module
 from nodes.types import VAE, Image, Latent, Mask, require
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 
 @node("VAEEncodeForInpaint", category="ComfyUI/latent/inpaint", output="LATENT",

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated
 
-import torch
-
 from graph_runtime import Choice, Float, Int, node
 from nodes.comfyui.upscale import CROPS, LATENT_METHODS, upscale
+from nodes.lazy import lazy_module
 from nodes.limits import pixel_budget, require_pixels
 from nodes.types import Latent, Mask
+
+torch = lazy_module("torch")
 
 MAX_RESOLUTION = 16384
 CELL = 8

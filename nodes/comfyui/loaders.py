@@ -18,10 +18,12 @@ from typing import Annotated, Any, NamedTuple
 from graph_runtime import Choice, Folders, folders, node
 from nodes.comfyui import model_paths
 from nodes.comfyui.types import Clip, Model
-from nodes.diffusion import checkpoints
-from nodes.diffusion.ksampling import DiscreteSampling
+from nodes.lazy import lazy_module
 from nodes.loaders import files_fingerprint
 from nodes.types import VAE, UNet
+
+checkpoints = lazy_module("nodes.diffusion.checkpoints")
+_ksampling = lazy_module("nodes.diffusion.ksampling")
 
 log = logging.getLogger("noodle.comfyui")
 
@@ -66,13 +68,18 @@ def checkpoint_loader_simple(
     SDXL base or refiner) as the model, its text encoders and its VAE."""
     run_folders = folders()
     path = model_paths.find_model("checkpoints", ckpt_name, run_folders)
-    comp = checkpoints.load_components(path, models_dir=run_folders.models)
+    from nodes.offload import placement  # the memory mode (--vram) decides where
+
+    where = placement()
+    comp = checkpoints.load_components(path, dtype=where.load_dtype("auto"),
+                                       device=where.load_device, models_dir=run_folders.models)
+    where.settle([comp.unet, comp.vae, comp.text_encoder, comp.text_encoder_2], vae=comp.vae)
     has_text = comp.text_encoder is not None or comp.text_encoder_2 is not None
     if not has_text or comp.vae is None or comp.scheduler_config is None:
         raise ValueError(f"CheckpointLoaderSimple: input 'ckpt_name': {ckpt_name!r} is not a "
                          "text-to-image checkpoint (it has no text encoder, VAE or "
                          "scheduler config); load it with LoadPipeline")
-    sampling = DiscreteSampling.from_config(comp.scheduler_config)
+    sampling = _ksampling.DiscreteSampling.from_config(comp.scheduler_config)
     return Checkpoint(
         MODEL=Model(UNet(comp.unet, ckpt_name), sampling, {}, ckpt_name),
         CLIP=_clip(comp, ckpt_name),
@@ -99,4 +106,10 @@ def vae_loader(
     checkpoint's own."""
     run_folders = folders()
     path = model_paths.find_model("vae", vae_name, run_folders)
-    return VAE(checkpoints.load_vae(path, models_dir=run_folders.models), vae_name)
+    from nodes.offload import placement  # the memory mode (--vram) decides where
+
+    where = placement()
+    model = checkpoints.load_vae(path, dtype=where.load_dtype("auto"), device=where.load_device,
+                                 models_dir=run_folders.models)
+    where.settle([model], vae=model)
+    return VAE(model, vae_name)

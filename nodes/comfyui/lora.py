@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, NamedTuple
 
-import torch
-
 from graph_runtime import Choice, Float, folders, node
 from nodes.comfyui.types import Clip, Model
-from nodes.diffusion.lora.patching import with_patch
+from nodes.lazy import lazy_module
 from nodes.lora import lora_choices, lora_fingerprint, lora_patches, lora_tensors, patched_unet
+
+torch = lazy_module("torch")
+_patching = lazy_module("nodes.diffusion.lora.patching")
 
 LoraName = Annotated[str, Choice(lora_choices, tooltip="a LoRA in the loras folders")]
 Strength = Annotated[float, Float(min=-100.0, max=100.0, step=0.01)]
@@ -49,9 +50,9 @@ def _apply(node_type: str, model: Model, clip: Clip | None, lora_name: str,
         return new_model, None
     new_clip = replace(
         clip,
-        text_encoder=(with_patch(clip.text_encoder, patches.get("text_encoder"))
+        text_encoder=(_patching.with_patch(clip.text_encoder, patches.get("text_encoder"))
                       if clip.text_encoder is not None else None),
-        text_encoder_2=(with_patch(clip.text_encoder_2, patches.get("text_encoder_2"))
+        text_encoder_2=(_patching.with_patch(clip.text_encoder_2, patches.get("text_encoder_2"))
                         if clip.text_encoder_2 is not None else None))
     return new_model, new_clip
 

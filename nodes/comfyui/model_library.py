@@ -20,7 +20,9 @@ from typing import Any
 
 from graph_runtime import REGISTRY, Folders
 from nodes.comfyui.model_paths import find_model, list_models
-from nodes.diffusion.model_family import detect_family
+from nodes.lazy import lazy_module
+
+_model_family = lazy_module("nodes.diffusion.model_family")
 
 log = logging.getLogger("noodle.models")
 
@@ -50,7 +52,7 @@ def _family_from_keys(kind: str, shapes: Mapping[str, tuple[int, ...]]) -> str |
     if kind == "checkpoints":
         state = {k: SimpleNamespace(shape=s) for k, s in shapes.items()}
         try:
-            return detect_family(state)  # type: ignore[arg-type]
+            return _model_family.detect_family(state)  # type: ignore[arg-type]
         except ValueError:
             return None
     if kind == "embeddings":

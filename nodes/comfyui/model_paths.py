@@ -26,7 +26,7 @@ import yaml
 
 from graph_runtime import Folders
 from graph_runtime.settings import add_folders_check, document_env, env
-from nodes.diffusion.checkpoints import list_models as list_flat_models
+from nodes.diffusion.model_files import list_models as list_flat_models
 from nodes.loaders import BUNDLED_MODELS
 
 log = logging.getLogger("noodle.models")

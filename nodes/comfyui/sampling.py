@@ -17,8 +17,12 @@ from typing import Annotated, Any
 from graph_runtime import Choice, Float, Int, Seed, node
 from nodes.comfyui.guidance import SamplingRun, steps_run
 from nodes.comfyui.types import Guider, Model, NoiseSource
-from nodes.diffusion.ksampling import SAMPLER_NAMES, SCHEDULER_NAMES, ksampler
+from nodes.diffusion.names import KSAMPLER_NAMES as SAMPLER_NAMES
+from nodes.diffusion.names import KSCHEDULER_NAMES as SCHEDULER_NAMES
+from nodes.lazy import lazy_module
 from nodes.types import Conditioning, Latent
+
+ksampler = lazy_module("nodes.diffusion.ksampling.ksampler")
 
 SEED_MAX = 2**64 - 1
 NoiseSeed = Annotated[int, Seed(max=SEED_MAX, tooltip="the seed of the starting noise")]

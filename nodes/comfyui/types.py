@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from graph_runtime import socket_type
-from nodes.diffusion.ksampling import DiscreteSampling, Sampler, prepare_noise
+from nodes.lazy import lazy_module
 from nodes.types import Conditioning, UNet
+
+if TYPE_CHECKING:
+    from nodes.diffusion.ksampling import DiscreteSampling, Sampler
+
+torch = lazy_module("torch")
+_ksampling = lazy_module("nodes.diffusion.ksampling")
 
 
 @socket_type("MODEL", color="#b39ddb")
@@ -109,7 +113,7 @@ class NoiseSource:
         out of a longer batch (a latent cut from a batch keeps its noise)."""
         if not self.enabled:
             return torch.zeros(samples.shape, dtype=torch.float32)
-        return prepare_noise(samples, self.seed, batch_index)
+        return _ksampling.prepare_noise(samples, self.seed, batch_index)
 
 
 @socket_type("GUIDER", color="#66ffff")

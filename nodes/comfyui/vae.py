@@ -12,15 +12,18 @@ so tiled results are close to but not the same as ComfyUI's).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Annotated
 
 from graph_runtime import Int, node
-from nodes.diffusion.tiling import stitch
 from nodes.latents import pixels_to_images
+from nodes.lazy import lazy_module
 from nodes.types import VAE, Image, Latent, require
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+_tiling = lazy_module("nodes.diffusion.tiling")
 
 TileSize = Annotated[int, Int(min=64, max=4096, step=32)]
 EncodeTileSize = Annotated[int, Int(min=64, max=4096, step=64)]
@@ -37,7 +40,7 @@ def _tiles(x: Tensor, fn: Callable[[Tensor], Tensor], tile: int, overlap: int,
     blended into its upper and left neighbours and cropped to its stride. fn changes the
     size by `scale` (8 to decode, 1/8 to encode)."""
     stride = max(tile - overlap, 1)
-    return stitch(x, fn, tile, stride, int(overlap * scale), int(stride * scale))
+    return _tiling.stitch(x, fn, tile, stride, int(overlap * scale), int(stride * scale))
 
 
 def _pixels_in(vae: VAE, pixels: Tensor, model: torch.nn.Module) -> Tensor:

@@ -17,9 +17,12 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from .clip import load_text_encoder, load_tokenizer
 from .devices import pick_device, pick_dtype
-from .hub import ModelNotFoundError, looks_like_repo_id, snapshot
 from .ldm_convert import infer_vae_config_diffusers
 from .model_family import Family, detect_family
+from .model_files import DEFAULT_MODELS_DIR as DEFAULT_MODELS_DIR
+from .model_files import WEIGHT_FILE_SUFFIXES as WEIGHT_FILE_SUFFIXES
+from .model_files import list_models as list_models
+from .model_files import resolve_source as resolve_source
 from .prediction_type import PREDICTION_TYPES as PREDICTION_TYPES  # the loader's choices
 from .prediction_type import check_prediction_type, resolve_prediction_type
 from .single_file import (
@@ -34,7 +37,6 @@ from .unet import UNet2DConditionModel
 from .unet2d import UNet2DModel
 from .vae import AutoencoderKL
 
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _UNET_CLASSES: dict[str, type[UNet2DConditionModel] | type[UNet2DModel]] = {
     "UNet2DConditionModel": UNet2DConditionModel,
     "UNet2DModel": UNet2DModel,
@@ -65,53 +67,6 @@ class Components:
     tokenizer_2: CLIPTokenizer | None = None
     text_encoder_2: CLIPTextModelWithProjection | None = None
     flags: dict[str, Any] = field(default_factory=dict)
-
-
-# Where names are looked up when no models folder is given (the caller's folders decide).
-DEFAULT_MODELS_DIR = Path("models")
-
-
-def list_models(models_dir: str | Path | None = None) -> list[str]:
-    """Names a loader can be given: diffusers folders (with model_index.json) and
-    ``.safetensors``/``.ckpt`` files, at the top level or one folder down."""
-    root = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
-    if not root.is_dir():
-        return []
-    names: list[str] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir() and (entry / "model_index.json").is_file():
-            names.append(entry.name)
-        elif entry.is_file() and entry.suffix in WEIGHT_FILE_SUFFIXES:
-            names.append(entry.name)
-        elif entry.is_dir() and not (entry / "config.json").exists():
-            for child in sorted(entry.iterdir()):
-                if child.is_dir() and (child / "model_index.json").is_file():
-                    names.append(f"{entry.name}/{child.name}")
-                elif child.is_file() and child.suffix in WEIGHT_FILE_SUFFIXES:
-                    names.append(f"{entry.name}/{child.name}")
-    return names
-
-
-def resolve_source(source: str | Path, models_dir: str | Path | None = None) -> Path:
-    """The local folder or file a source names (see the module docstring for the order)."""
-    text = str(source).strip()
-    if not text:
-        raise ModelNotFoundError("no model source given")
-    root = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
-    literal = Path(text).expanduser()
-    if not literal.is_absolute() and (root / text).exists():
-        return root / text
-    if literal.exists():
-        return literal
-    if looks_like_repo_id(text):
-        return snapshot(text)
-    available = ", ".join(list_models(root)) or "none"
-    raise ModelNotFoundError(
-        f"model {text!r} not found: not a file or folder, not under {root} "
-        f"(available there: {available}), and not an org/name id"
-    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

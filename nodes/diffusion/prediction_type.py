@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from .names import PREDICTION_TYPES
 from .storage import WeightsError
 
-PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 _PARAMETERIZATIONS = {"eps": "epsilon", "v": "v_prediction", "epsilon": "epsilon",
                       "v_prediction": "v_prediction"}
 

@@ -16,7 +16,7 @@ from graph_runtime.executor import Executor
 from graph_runtime.graph import validate
 from graph_runtime.registry import REGISTRY
 from graph_runtime.workflow import apply_overrides, load_workflow
-from nodes import loaders
+from nodes.diffusion import checkpoints
 from tests.support.model_configs import IMAGE_SIZE
 from tests.support.tiny_models import TinyModel
 from tests.support.workflows import add_nodes, link, run, shipped
@@ -26,13 +26,13 @@ from tests.support.workflows import add_nodes, link, run, shipped
 def load_count(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every model load goes through `checkpoints.load_components`; count the calls."""
     calls: list[str] = []
-    real = loaders.checkpoints.load_components
+    real = checkpoints.load_components
 
     def counting(source, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(str(source))
         return real(source, **kwargs)
 
-    monkeypatch.setattr(loaders.checkpoints, "load_components", counting)
+    monkeypatch.setattr(checkpoints, "load_components", counting)
     return calls
 
 

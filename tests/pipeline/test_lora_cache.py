@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import nodes.lora
+import nodes.diffusion.lora.file as lora_file
 from graph_runtime import Folders
 from graph_runtime.cache import OutputCache
 from graph_runtime.executor import Executor
@@ -76,13 +76,13 @@ def test_a_strength_change_reruns_only_the_lora_and_what_follows(
         tiny_sd: TinyModel, loras: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[Path] = []
-    real_read = nodes.lora.read_lora
+    real_read = lora_file.read_lora
 
     def counting_read(path: Path) -> dict[str, torch.Tensor]:
         reads.append(Path(path))
         return real_read(path)
 
-    monkeypatch.setattr(nodes.lora, "read_lora", counting_read)
+    monkeypatch.setattr(lora_file, "read_lora", counting_read)
     ex = Executor(REGISTRY, OutputCache({"cpu": None}), Folders(models=loras))
     stack = [("a.safetensors", 1.0), ("b.safetensors", 0.7)]
     first = run(ex, lora_workflow(tiny_sd.folder, stack), tmp_path / "1")
@@ -155,7 +155,7 @@ def test_three_stacked_loras_cost_their_own_size(tiny_sd: TinyModel, loras: Path
     assert result.ok, result.error
     lora_bytes = sum(t.nelement() * t.element_size()
                      for name, _ in stack
-                     for t in nodes.lora.read_lora(loras / "loras" / name).values())
+                     for t in lora_file.read_lora(loras / "loras" / name).values())
     total = _cached_bytes(ex)
     print(f"\nbase {base_bytes} B, three LoRAs {lora_bytes} B, cached {total} B "
           f"(+{(total - base_bytes) / lora_bytes:.3f} x the LoRAs)")

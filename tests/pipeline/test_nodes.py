@@ -13,6 +13,7 @@ import torch
 from PIL import Image as PILImage
 
 from graph_runtime.cache import OutputCache
+from graph_runtime.context import PreviewPolicy
 from graph_runtime.executor import Executor
 from graph_runtime.registry import REGISTRY
 from nodes import images as image_nodes
@@ -97,10 +98,14 @@ def test_progress_previews_and_interrupt(tiny_sd: TinyModel, tmp_path: Path) -> 
     wf = shipped("txt2img.json", [f"1.source={tiny_sd.folder}", f"4.width={IMAGE_SIZE}",
                                   f"4.height={IMAGE_SIZE}", "5.steps=4"])
     events: list[dict[str, Any]] = []
-    run_result = ex.run(wf, on_event=events.append, output_dir=tmp_path)
+    run_result = ex.run(wf, on_event=events.append, output_dir=tmp_path,
+                        previews=PreviewPolicy(1))
     progress = [e for e in events if e["type"] == "progress"]
     assert [(e["step"], e["total"]) for e in progress] == [(i, 4) for i in range(1, 5)]
-    assert all(isinstance(e["preview"], PILImage.Image) for e in progress)
+    # Previews are rendered off the loop and ride on a later event; the last is made at once.
+    shown = [e["preview"] for e in progress if e["preview"] is not None]
+    assert isinstance(progress[-1]["preview"], PILImage.Image)
+    assert all(isinstance(image, PILImage.Image) for image in shown)
     assert run_result.ok
 
     stop = threading.Event()

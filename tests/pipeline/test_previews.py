@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+from graph_runtime.context import PreviewPolicy
 from graph_runtime.executor import Executor
 from nodes import previews
 from nodes.previews import AUTO_BUDGET, fit_projection, set_preview_mode, step_preview
@@ -34,10 +35,14 @@ def _last_preview_and_image(executor: Executor, out: Path, seed: int, steps: int
     """Runs the shipped txt2img (a seed of its own: nothing comes from the cache)."""
     events: list[dict[str, Any]] = []
     wf = shipped("txt2img.json", [f"5.steps={steps}", f"4.seed={seed}"])
-    result = executor.run(wf, output_dir=out, on_event=lambda e: events.append(dict(e)))
+    result = executor.run(wf, output_dir=out, on_event=lambda e: events.append(dict(e)),
+                          previews=PreviewPolicy(1))
     assert result.ok, result.error
-    shown = [e["preview"] for e in events if e.get("type") == "progress" and e.get("preview")]
-    assert len(shown) == steps
+    progress = [e for e in events if e.get("type") == "progress"]
+    assert len(progress) == steps
+    shown = [e["preview"] for e in progress if e.get("preview")]
+    # The last step's preview is made at once, so the run ends on it.
+    assert progress[-1]["preview"] is not None and shown[-1] is progress[-1]["preview"]
     saved = np.asarray(PILImage.open(next(out.rglob("*.png"))).convert("RGB"), np.float32)
     last = shown[-1].convert("RGB").resize(saved.shape[1::-1], PILImage.BILINEAR)
     return np.asarray(last, np.float32), saved, shown

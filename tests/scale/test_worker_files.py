@@ -45,3 +45,14 @@ def test_worker_streams_events_with_files_and_placer_writes_them(tmp_path: Path)
 
     again = list(worker.run("r2", small_txt2img(4).to_dict()))
     assert again[-1]["executed"] == [] and "7" in again[-1]["cached"]
+
+
+def test_worker_makes_previews_only_when_the_server_asks() -> None:
+    worker = ExecutorWorker("w", WorkerSettings(torch_threads=1))
+    unwatched = [e for e in worker.run("r1", small_txt2img(11).to_dict())
+                 if e["type"] == "progress"]
+    assert unwatched and all(e.get("preview") is None for e in unwatched)
+    watched = [e for e in worker.run("r2", small_txt2img(12).to_dict(), preview_every=1)
+               if e["type"] == "progress"]
+    assert len(watched) == len(unwatched)
+    assert watched[-1].get("preview") is not None  # the last step's preview always comes

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from nodes.comfyui.latent import CELL
+from nodes.lazy import lazy_module
 from nodes.micro_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, time_id_count
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 BASE_IDS = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")
 REFINER_IDS = ("height", "width", "crop_h", "crop_w", "aesthetic_score")
@@ -68,7 +71,7 @@ def added_inputs(options: Mapping[str, Any], net: torch.nn.Module, side: str,
                  latent_height: int, latent_width: int, device: torch.device) -> Added:
     """The added inputs of one entry on `side` ("positive" or "negative")."""
     pooled = options.get("pooled_output")
-    if not isinstance(pooled, Tensor):
+    if not isinstance(pooled, torch.Tensor):
         raise ValueError(f"input {side!r}: this SDXL model needs the pooled text embedding "
                          "('pooled_output') that ComfyUI's text encoders give, and this "
                          "conditioning has none; encode the prompt with CLIPTextEncode from "

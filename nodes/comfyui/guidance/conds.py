@@ -13,17 +13,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
-
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+from typing import TYPE_CHECKING, Any
 
 from nodes.comfyui.guidance.adm import Added
 from nodes.comfyui.guidance.control import entry_controls
 from nodes.control_guidance import Control
-from nodes.diffusion.ksampling import DiscreteSampling
+from nodes.lazy import lazy_module
 from nodes.types import CondPart
+
+if TYPE_CHECKING:
+    from nodes.diffusion.ksampling import DiscreteSampling
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 FEATHER = 8
 # Areas are kept as (height, width, y, x).

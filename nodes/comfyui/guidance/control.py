@@ -17,11 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
-
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+from typing import TYPE_CHECKING, Any
 
 from nodes.control_guidance import (
     CONTROL_OPTION,
@@ -30,6 +26,13 @@ from nodes.control_guidance import (
     downscale_factor,
     residual_kwargs,
 )
+from nodes.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 APPLY_TO_UNCOND = "control_apply_to_uncond"
 

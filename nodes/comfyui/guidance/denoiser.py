@@ -15,10 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from nodes.comfyui.guidance.adm import added_inputs, needs_added
 from nodes.comfyui.guidance.conds import Applied, Entry, apply, mirror_areas, resolve
@@ -30,8 +27,14 @@ from nodes.comfyui.guidance.control import (
 )
 from nodes.comfyui.types import Guider
 from nodes.control_guidance import Control
-from nodes.diffusion.ksampling import cfg_combine, needs_uncond
+from nodes.lazy import lazy_module
 from nodes.types import Conditioning
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+_ksampling = lazy_module("nodes.diffusion.ksampling")
 
 # Batched entries may differ in context length if one is a small multiple of the other:
 # the shorter one is repeated (attention over repeated keys is unchanged).
@@ -157,9 +160,13 @@ class GuidedDenoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         sides: list[list[Entry] | None] = [self.positive, None]
-        if needs_uncond(self.cfg):
+        if _ksampling.needs_uncond(self.cfg):
             sides[1] = self.negative
-        level = float(sigma.reshape(-1)[0])
+        # The noise level is read back (a wait for the device) only when an entry has a
+        # timestep range to check it against.
+        timed = any(e.sigma_start is not None or e.sigma_end is not None
+                    for entries in sides for e in entries or ())
+        level = float(sigma.reshape(-1)[0]) if timed else 0.0
         jobs: list[tuple[int, Applied]] = []
         for side, entries in enumerate(sides):
             for entry in entries or ():
@@ -171,7 +178,7 @@ class GuidedDenoiser:
         self._run(jobs, sigma, sums, weights)
         cond = sums[0] / weights[0]
         uncond = sums[1] / weights[1] if sides[1] is not None else None
-        if uncond is None and needs_uncond(self.cfg):
+        if uncond is None and _ksampling.needs_uncond(self.cfg):
             # A guider without a negative side guides away from zero (as ComfyUI does).
             uncond = torch.zeros_like(cond)
-        return cfg_combine(cond, uncond, self.cfg)
+        return _ksampling.cfg_combine(cond, uncond, self.cfg)

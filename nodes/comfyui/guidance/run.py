@@ -3,24 +3,29 @@
 Before: an empty latent gets the model's channel count (ComfyUI's EmptyLatentImage always
 makes 4), the latent moves to the UNet's device, a noise mask from SetLatentNoiseMask is
 resized to the latent, and the guider becomes a denoiser. During: each step reports
-progress with a preview of the current estimate, which is also where an interrupt stops the
-run. After: the result keeps the input latent's extras (batch_index, noise_mask), and the
-last clean estimate is kept for the custom samplers' `denoised_output`.
+progress (with a preview of the current estimate when the run wants one), which is also
+where an interrupt stops the run. After: the result keeps the input latent's extras
+(batch_index, noise_mask), and the last clean estimate is kept for the custom samplers'
+`denoised_output`.
 """
 
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+from typing import TYPE_CHECKING
 
 from graph_runtime import current
 from nodes.comfyui.guidance.denoiser import GuidedDenoiser
 from nodes.comfyui.types import Guider, Model
-from nodes.previews import step_preview
+from nodes.lazy import lazy_module
+from nodes.previews import deferred_preview
 from nodes.types import Latent
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 
 def fit_channels(model: Model, samples: Tensor) -> Tensor:
@@ -59,7 +64,11 @@ class SamplingRun:
     def __init__(self, guider: Guider, latent: Latent, total_steps: int) -> None:
         model = guider.model
         self.latent = latent
-        self.device = next(model.unet.model.parameters()).device
+        # Where the UNet will run: an offloaded (`--vram low`) UNet waits elsewhere until
+        # its sampling loop starts, and the run's tensors must be where it runs.
+        from nodes.offload import compute_device
+
+        self.device = compute_device(model.unet.model)
         self.samples = fit_channels(model, latent.samples).to(self.device, torch.float32)
         self.mask = latent_mask(latent.extra.get("noise_mask"), self.samples.shape,
                                 self.device)
@@ -71,11 +80,18 @@ class SamplingRun:
             self.ctx.check_interrupt()
 
     def callback(self, i: int, x: Tensor, denoised: Tensor) -> None:
+        """Every step: progress; a preview only when the run wants one for this step,
+        rendered off the sampling thread (see `RunContext.progress`)."""
         self.denoised = denoised
-        if self.ctx is not None:
-            preview = step_preview(denoised, self.latent.extra.get("rgb_projection"),
-                                   final=i + 1 >= self.total)
-            self.ctx.progress(min(i + 1, self.total), max(self.total, 1), preview)
+        ctx = self.ctx
+        if ctx is None:
+            return
+        step, total = min(i + 1, self.total), max(self.total, 1)
+        preview = None
+        if ctx.wants_preview(step, total):
+            preview = deferred_preview(denoised, self.latent.extra.get("rgb_projection"),
+                                       final=step >= total)
+        ctx.progress(step, total, preview)
 
     def _latent(self, samples: Tensor) -> Latent:
         return Latent(samples, self.latent.seeds, None, noise=False,

@@ -105,6 +105,7 @@ class DiscreteSampling:
             sigmas = _rescale_zero_terminal_snr(sigmas)
         self.sigmas = sigmas.float()
         self.log_sigmas = sigmas.log().float()
+        self._log_sigma_copies: dict[torch.device, Tensor] = {}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DiscreteSampling:
@@ -128,9 +129,20 @@ class DiscreteSampling:
         return self.sigmas[-1]
 
     def timestep(self, sigma: Tensor) -> Tensor:
-        """The trained timestep nearest to each sigma in log space (int64, shaped like sigma)."""
-        distance = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
-        return distance.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+        """The trained timestep nearest to each sigma in log space (int64, shaped like sigma),
+        found on sigma's device against a copy of the table kept there: moving sigma to the
+        table's device and back would wait for the device at every step."""
+        log_sigmas = self._log_sigmas_on(sigma.device)
+        distance = sigma.log() - log_sigmas[:, None]
+        return distance.abs().argmin(dim=0).view(sigma.shape)
+
+    def _log_sigmas_on(self, device: torch.device) -> Tensor:
+        if self.log_sigmas.device == device:
+            return self.log_sigmas
+        copies = self._log_sigma_copies
+        if device not in copies:
+            copies[device] = self.log_sigmas.to(device)
+        return copies[device]
 
     def sigma(self, t: Tensor) -> Tensor:
         """The noise level at a possibly fractional timestep: log sigma interpolated linearly."""

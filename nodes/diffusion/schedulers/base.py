@@ -295,6 +295,15 @@ class IndexedScheduler(Scheduler):
         # schedule started part-way (img2img) does not skip a step.
         return candidates[1 if len(candidates) > 1 else 0].item()
 
+    def _host(self, table: torch.Tensor) -> list[float]:
+        """A schedule table (``sigmas``) as host floats, read once per schedule: the step's
+        Python-side decisions and coefficients use these, never a read of a table entry."""
+        cached: tuple[torch.Tensor, list[float]] | None = self.__dict__.get("_host_table")
+        if cached is None or cached[0] is not table:
+            cached = (table, table.tolist())
+            self._host_table = cached
+        return cached[1]
+
     def _reset_step_index(self) -> None:
         """A new schedule: the counter restarts from the first timestep ``step`` is given."""
         self._step_index = None

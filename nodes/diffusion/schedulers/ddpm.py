@@ -68,8 +68,14 @@ class DDPMScheduler(Scheduler):
             self.custom_timesteps = False
             schedule = torch.from_numpy(discrete_timesteps(self.config, num_inference_steps))
         self.timesteps = schedule.to(device)
+        self._host_timesteps: list[int] = schedule.tolist()
 
     def previous_timestep(self, timestep: Any) -> Any:
+        if (self.custom_timesteps or self.num_inference_steps) and isinstance(timestep, int):
+            # A host timestep (the denoising loop's) is looked up on the host.
+            host = self._host_timesteps
+            index = host.index(timestep)
+            return -1 if index == len(host) - 1 else host[index + 1]
         if self.custom_timesteps or self.num_inference_steps:
             index = (self.timesteps == timestep).nonzero(as_tuple=True)[0][0]
             if index == self.timesteps.shape[0] - 1:

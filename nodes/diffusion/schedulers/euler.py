@@ -94,7 +94,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             self._init_step_index(timestep)
         sample = sample.to(torch.float32)
         sigma = self.sigmas[self.step_index]
-        churn = s_tmin <= sigma <= s_tmax
+        churn = s_tmin <= self._host(self.sigmas)[self.step_index] <= s_tmax
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if churn else 0.0
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:

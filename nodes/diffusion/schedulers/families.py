@@ -148,13 +148,28 @@ class SolverScheduler(IndexedScheduler):
         if self.step_index is None:
             self._init_step_index(timestep)
 
+    def _per_schedule(self, name: str) -> dict[Any, Any]:
+        """A memo for values that depend only on the schedule (and a step index), emptied
+        when ``set_timesteps`` lays out a new one."""
+        cached = self.__dict__.get("_memo")
+        if cached is None or cached[0] is not self.sigmas:
+            cached = (self.sigmas, {})
+            self._memo = cached
+        return cached[1].setdefault(name, {})
+
     def _alpha_sigma(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return alpha_sigma_from_sigma(self.sigmas[index])
+        alpha_t, sigma_t, _ = self._alpha_sigma_lambda(index)
+        return alpha_t, sigma_t
 
     def _alpha_sigma_lambda(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """alpha_t, sigma_t and the half log-SNR lambda_t = log(alpha_t / sigma_t) at a step."""
-        alpha_t, sigma_t = alpha_sigma_from_sigma(self.sigmas[index])
-        return alpha_t, sigma_t, torch.log(alpha_t) - torch.log(sigma_t)
+        """alpha_t, sigma_t and the half log-SNR lambda_t = log(alpha_t / sigma_t) at a step,
+        computed once per schedule and index: a multistep update asks for the same few
+        several times per step, and each is a handful of scalar ops."""
+        table = self._per_schedule("alpha_sigma_lambda")
+        if index not in table:
+            alpha_t, sigma_t = alpha_sigma_from_sigma(self.sigmas[index])
+            table[index] = (alpha_t, sigma_t, torch.log(alpha_t) - torch.log(sigma_t))
+        return table[index]
 
     def _round_karras_timesteps(self) -> bool:
         return True

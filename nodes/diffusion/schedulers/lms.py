@@ -52,10 +52,9 @@ class LMSDiscreteScheduler(SigmaScheduler):
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
         """Weight of the derivative taken ``current_order`` steps ago, for step ``t``."""
-        nodes = [float(self.sigmas[t - k]) for k in range(order)]
-        return lagrange_integral(
-            nodes, current_order, float(self.sigmas[t]), float(self.sigmas[t + 1])
-        )
+        sigmas = self._host(self.sigmas)
+        nodes = [sigmas[t - k] for k in range(order)]
+        return lagrange_integral(nodes, current_order, sigmas[t], sigmas[t + 1])
 
     def step(
         self,

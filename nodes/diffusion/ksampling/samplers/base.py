@@ -3,6 +3,10 @@
 A sampler integrates from ``sigmas[0]`` down to ``sigmas[-1]`` (usually 0), calling the
 denoiser D(x; sigma) -> x_0 estimate once or more per step. Arithmetic is kept in the order
 ComfyUI's samplers use, in float32 0-d tensors, so results agree to float rounding.
+
+The schedule lives on x's device; a sampler reads it back once (`levels`) and takes every
+branch (does this step end at 0? add noise?) on those host floats, never on a device value,
+so no step waits for the device to finish the work queued before it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from ..model_sampling import DiscreteSampling
@@ -40,6 +45,19 @@ class SamplerFn(Protocol):
     ) -> Tensor: ...
 
 
+def levels(sigmas: Tensor) -> list[float]:
+    """The schedule as host floats (exactly its float32 values), read once per run."""
+    return sigmas.tolist()
+
+
+def lands_on_zero(sigmas: list[float], eta: float) -> list[bool]:
+    """For each step of an ancestral sampler, whether its deterministic part ends exactly
+    at sigma_down == 0: decided on the host from the same float32 arithmetic the step does."""
+    host = torch.tensor(sigmas, dtype=torch.float32)
+    return [bool(ancestral_step(host[i], host[i + 1], eta)[0] == 0)
+            for i in range(len(sigmas) - 1)]
+
+
 def per_item(sigma: Tensor, x: Tensor) -> Tensor:
     """A 0-d sigma repeated for every batch item, as the denoiser takes it."""
     return sigma * x.new_ones([x.shape[0]])
@@ -59,7 +77,8 @@ def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float = 1.0) -> tuple
     if not eta:
         return sigma_next, sigma_next * 0
     variance = sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2
-    sigma_up = min(sigma_next, eta * variance**0.5)
+    # `torch.minimum`, not `min`: the same value without reading the comparison back.
+    sigma_up = torch.minimum(sigma_next, eta * variance**0.5)
     sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 

@@ -17,7 +17,16 @@ import torch
 from torch import Tensor
 
 from ..noise import BrownianNoise, generator_noise
-from .base import Denoiser, StepCallback, ancestral_step, denoise_at, derivative, per_item
+from .base import (
+    Denoiser,
+    StepCallback,
+    ancestral_step,
+    denoise_at,
+    derivative,
+    lands_on_zero,
+    levels,
+    per_item,
+)
 
 
 def _lambda(sigma: Tensor) -> Tensor:
@@ -34,13 +43,14 @@ def sample_dpmpp_2m(
 ) -> Tensor:
     """DPM-Solver++(2M): second order from the current and the previous data estimates."""
     previous: Tensor | None = None
+    host = levels(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
         lam, lam_next = _lambda(sigma), _lambda(sigma_next)
         h = lam_next - lam
         estimate = denoised
-        if previous is not None and sigma_next != 0:
+        if previous is not None and host[i + 1] != 0:
             # Extrapolate the data estimate linearly in lambda to the middle of the step.
             r = (lam - _lambda(sigmas[i - 1])) / h
             estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
@@ -62,11 +72,13 @@ def sample_dpmpp_2s_ancestral(
 ) -> Tensor:
     """DPM-Solver++(2S) steps down to sigma_down, then fresh noise up to sigma_next."""
     noise = generator_noise(x, seed)
+    host = levels(sigmas)
+    to_zero = lands_on_zero(host, eta)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        if sigma_down == 0:
+        if to_zero[i]:
             x = x + derivative(x, sigma, denoised) * (sigma_down - sigma)
         else:
             lam, lam_down = _lambda(sigma), _lambda(sigma_down)
@@ -75,7 +87,7 @@ def sample_dpmpp_2s_ancestral(
             x_mid = (_sigma(lam_mid) / _sigma(lam)) * x - (-h * (1 / 2)).expm1() * denoised
             denoised_mid = model(x_mid, per_item(_sigma(lam_mid), x))
             x = (_sigma(lam_down) / _sigma(lam)) * x - (-h).expm1() * denoised_mid
-        if sigma_next > 0:
+        if host[i + 1] > 0:
             x = x + noise(sigma, sigma_next) * s_noise * sigma_up
     return x
 
@@ -99,10 +111,11 @@ def sample_dpmpp_sde(
         return x
     noise = BrownianNoise(x, sigmas, seed, on_device=noise_on_device)
     weight = 1 / (2 * r)
+    host = levels(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
-        if sigma_next == 0:
+        if host[i + 1] == 0:
             x = denoised
             continue
         lam, lam_next = _lambda(sigma), _lambda(sigma_next)
@@ -127,7 +140,7 @@ def sample_dpmpp_sde(
         blended = (1 - weight) * denoised + weight * denoised_mid
         x = (alpha_next / alpha) * (-h_det).exp() * x - alpha_next * (-h_det).expm1() * blended
         if eta > 0 and s_noise > 0:
-            x = x + alpha_next * noise(sigma, sigma_next) * s_noise * up
+            x = x + alpha_next * noise(sigma, sigma_next, host[i:i + 2]) * s_noise * up
     return x
 
 
@@ -154,10 +167,11 @@ def sample_dpmpp_2m_sde(
     previous: Tensor | None = None
     h: Tensor | None = None
     h_last: Tensor | None = None
+    host = levels(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
-        if sigma_next == 0:
+        if host[i + 1] == 0:
             x = denoised
         else:
             lam, lam_next = _lambda(sigma), _lambda(sigma_next)
@@ -175,7 +189,7 @@ def sample_dpmpp_2m_sde(
                     x = x + 0.5 * alpha_next * growth * (1 / r) * change
             if eta > 0 and s_noise > 0:
                 spread = (-2 * h * eta).expm1().neg().sqrt()
-                x = x + noise(sigma, sigma_next) * sigma_next * spread * s_noise
+                x = x + noise(sigma, sigma_next, host[i:i + 2]) * sigma_next * spread * s_noise
         previous = denoised
         h_last = h
     return x
@@ -217,10 +231,11 @@ def sample_dpmpp_3m_sde(
     # The data estimates of the previous steps and those steps' lengths in lambda, newest first.
     earlier: list[Tensor] = []
     earlier_h: list[Tensor] = []
+    host = levels(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
-        if sigma_next == 0:
+        if host[i + 1] == 0:
             x = denoised
             continue
         lam, lam_next = _lambda(sigma), _lambda(sigma_next)
@@ -247,7 +262,7 @@ def sample_dpmpp_3m_sde(
                 x = x + (alpha_next * phi_2) * first - (alpha_next * phi_3) * second
         if eta > 0 and s_noise > 0:
             spread = (-2 * h * eta).expm1().neg().sqrt()
-            x = x + noise(sigma, sigma_next) * sigma_next * spread * s_noise
+            x = x + noise(sigma, sigma_next, host[i:i + 2]) * sigma_next * spread * s_noise
         earlier = [denoised, *earlier][:2]
         earlier_h = [h, *earlier_h][:2]
     return x

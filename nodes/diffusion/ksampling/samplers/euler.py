@@ -14,7 +14,16 @@ import torch
 from torch import Tensor
 
 from ..noise import generator_noise
-from .base import Denoiser, StepCallback, ancestral_step, denoise_at, derivative, per_item
+from .base import (
+    Denoiser,
+    StepCallback,
+    ancestral_step,
+    denoise_at,
+    derivative,
+    lands_on_zero,
+    levels,
+    per_item,
+)
 
 
 @torch.no_grad()
@@ -43,11 +52,12 @@ def sample_euler_ancestral(
 ) -> Tensor:
     """Euler steps down to sigma_down, then fresh noise up to sigma_next."""
     noise = generator_noise(x, seed)
+    to_zero = lands_on_zero(levels(sigmas), eta)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        if sigma_down == 0:
+        if to_zero[i]:
             x = denoised
             continue
         slope = derivative(x, sigma, denoised)
@@ -60,12 +70,13 @@ def sample_heun(
     model: Denoiser, x: Tensor, sigmas: Tensor, *, seed: int, callback: StepCallback | None = None
 ) -> Tensor:
     """Heun's second-order method (trapezoid rule on the slope); two model calls per step."""
+    host = levels(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
         slope = derivative(x, sigma, denoised)
         dt = sigma_next - sigma
-        if sigma_next == 0:
+        if host[i + 1] == 0:
             x = x + slope * dt
             continue
         x_end = x + slope * dt
@@ -94,11 +105,12 @@ def sample_dpm_2(
     model: Denoiser, x: Tensor, sigmas: Tensor, *, seed: int, callback: StepCallback | None = None
 ) -> Tensor:
     """DPM-Solver-2 in sigma: the whole step taken with the slope at the log-midpoint."""
+    host = levels(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
         slope = derivative(x, sigma, denoised)
-        if sigma_next == 0:
+        if host[i + 1] == 0:
             x = x + slope * (sigma_next - sigma)
             continue
         x = _midpoint_move(model, x, sigma, slope, sigma_next)
@@ -118,12 +130,13 @@ def sample_dpm_2_ancestral(
 ) -> Tensor:
     """DPM-Solver-2 steps down to sigma_down, then fresh noise up to sigma_next."""
     noise = generator_noise(x, seed)
+    to_zero = lands_on_zero(levels(sigmas), eta)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma, i, callback)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         slope = derivative(x, sigma, denoised)
-        if sigma_down == 0:
+        if to_zero[i]:
             x = x + slope * (sigma_down - sigma)
             continue
         x = _midpoint_move(model, x, sigma, slope, sigma_down)

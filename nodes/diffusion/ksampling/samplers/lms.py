@@ -49,7 +49,7 @@ def sample_lms(
         sigma = sigmas[i]
         denoised = denoise_at(model, x, sigma, i, callback)
         slopes = (slopes + [derivative(x, sigma, denoised)])[-order:]
-        if sigmas[i + 1] == 0:
+        if nodes[i + 1] == 0:
             x = denoised
             continue
         current = min(i + 1, order)

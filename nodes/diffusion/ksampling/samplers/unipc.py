@@ -50,6 +50,14 @@ class _UniPC:
         self.model = model
         self.variant = variant
         self.vp = _VPSchedule()
+        self._half: Tensor | None = None
+
+    def half(self, like: Tensor) -> Tensor:
+        """The fixed coefficient [0.5] of the order-1 corrector and order-2 predictor, made
+        on the device once per run rather than copied up at every step."""
+        if self._half is None:
+            self._half = torch.tensor([0.5], device=like.device)
+        return self._half
 
     def data_prediction(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x_0 from the VP sample, through the model's noise prediction at that sigma."""
@@ -78,14 +86,15 @@ class _UniPC:
         h = lam - lam_last
 
         # Ratios of earlier step sizes to this one, and scaled differences of the estimates.
-        ratios: list[Tensor | float] = []
+        # Stacked on the device (`torch.tensor` of device scalars would read each back).
+        ratios: list[Tensor] = []
         differences: list[Tensor] = []
         for k in range(1, order):
             ratio = ((vp.lam(sigma_history[-(k + 1)]) - lam_last) / h)[0]
             ratios.append(ratio)
             differences.append((x0_history[-(k + 1)] - x0_last) / ratio)
-        ratios.append(1.0)
-        ratio_vector = torch.tensor(ratios, device=x.device)
+        ratios.append(torch.ones_like(h[0]))
+        ratio_vector = torch.stack(ratios).float()
 
         # The order conditions (UniPC, eq. 8): rows are powers of the ratios, the right-hand
         # side holds k! * phi_{k+1}(h) / B(h), with phi_k from its recurrence. In data
@@ -102,7 +111,7 @@ class _UniPC:
             factorial *= k + 1
             h_phi_k = h_phi_k / hh - 1 / factorial
         system = torch.stack(rows)
-        target = torch.tensor(rhs, device=x.device)
+        target = torch.stack(rhs).float()
 
         stacked = torch.stack(differences, dim=1) if differences else None
         # First-order (DPM-Solver++ 1) step; the predictor adds the weighted differences.
@@ -111,7 +120,7 @@ class _UniPC:
             x_new = x_first
         else:
             if order == 2:
-                predictor = torch.tensor([0.5], device=x.device)
+                predictor = self.half(x)
             else:
                 predictor = torch.linalg.solve(system[:-1, :-1], target[:-1])
             predicted = torch.tensordot(stacked, predictor, dims=([1], [0]))
@@ -122,7 +131,7 @@ class _UniPC:
         # The corrector also uses the model's estimate at the new point, which the next
         # step reuses: no extra model call.
         if order == 1:
-            corrector = torch.tensor([0.5], device=x.device)
+            corrector = self.half(x)
         else:
             corrector = torch.linalg.solve(system, target)
         x0_new = self.data_prediction(x_new, sigma)
