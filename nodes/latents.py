@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from graph_runtime import Int, Seed, node
+from nodes.generators import generator_states, new_generators
 from nodes.lazy import lazy_module
 from nodes.limits import pixel_budget, require_pixels
 from nodes.previews import fit_projection
-from nodes.types import VAE, Image, Latent, UNet, generator_states, new_generators, require
+from nodes.types import VAE, Image, Latent, UNet, require
 
 torch = lazy_module("torch")
 _schedule = lazy_module("nodes.diffusion.schedulers.schedule")

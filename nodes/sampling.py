@@ -17,12 +17,13 @@ from typing import Annotated, Any
 
 from graph_runtime import Float, Int, current, node
 from nodes.control_guidance import control_kwargs, control_run, split_control
+from nodes.generators import generator_states
 from nodes.guidance import combine, guidance_context, match_batch
 from nodes.inpaint import finished_extra, inpainting
 from nodes.lazy import lazy_module
 from nodes.micro_conditioning import added_conditions, pixel_size
 from nodes.previews import deferred_preview
-from nodes.types import Conditioning, Latent, SchedulerSpec, UNet, generator_states, require
+from nodes.types import Conditioning, Latent, SchedulerSpec, UNet, require
 
 torch = lazy_module("torch")
 _schedule = lazy_module("nodes.diffusion.schedulers.schedule")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from graph_runtime import socket_type
 from graph_runtime.cache import measure
+from nodes.generators import new_generators, restore_generators
 from nodes.lazy import lazy_module
 
 if TYPE_CHECKING:
@@ -323,24 +324,6 @@ def require(value: object, node_type: str, name: str) -> None:
     if value is None:
         raise ValueError(f"{node_type}: input {name!r} received nothing; the pipeline it "
                          f"is linked from has no {name}")
-
-
-def new_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per image, seeded independently (diffusers' `get_inputs`)."""
-    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-
-
-def restore_generators(states: Sequence[torch.Tensor]) -> list[torch.Generator]:
-    gens = []
-    for state in states:
-        g = torch.Generator("cpu")
-        g.set_state(state)
-        gens.append(g)
-    return gens
-
-
-def generator_states(gens: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
-    return tuple(g.get_state() for g in gens)
 
 
 @socket_type("LATENT", color="#f48fb1")

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
-from nodes.types import Image, Latent, generator_states, new_generators
+from nodes.generators import generator_states, new_generators
+from nodes.types import Image, Latent
 from nodes.upscale import resize_image_by, upscale_latent, upscale_latent_by
 
 
