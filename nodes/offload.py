@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from graph_runtime.cache import measure
 from graph_runtime.settings import document_env, env
 
 if TYPE_CHECKING:
@@ -76,13 +77,8 @@ def _base(module: Any) -> Any:
 
 
 def parameter_bytes(modules: Iterable[Any]) -> int:
-    total, seen = 0, set()
-    for module in modules:
-        for t in (*module.parameters(), *module.buffers()):
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.nelement() * t.element_size()
-    return total
+    """The weights' bytes, each shared tensor once (the cache's own measure)."""
+    return sum(measure(list(modules)).values())
 
 
 def fits(nbytes: int, device: torch.device) -> bool:
@@ -132,9 +128,9 @@ class Placement:
         device (fp32 beside an fp16 pipeline when its config says `force_upcast`)."""
         present = [m for m in modules if m is not None]
         if self.offloads and dtype == "auto" and vae is not None:
-            from nodes.diffusion.checkpoints import _vae_dtype
+            from nodes.diffusion.checkpoints import vae_dtype
 
-            vae.to(_vae_dtype("auto", vae.dtype, dict(vae.config)))
+            vae.to(vae_dtype("auto", vae.dtype, dict(vae.config)))
         if not self.offloads:
             return "cpu" if self.mode == "cpu" else "high"
         if self.mode == "auto" and fits(parameter_bytes(present), self.compute):

@@ -98,7 +98,7 @@ def load_model_folder(
                             f"{folder.name} ({cls.__name__})")
 
 
-def _vae_dtype(requested: str | torch.dtype, dtype: torch.dtype, config: dict[str, Any]) -> (
+def vae_dtype(requested: str | torch.dtype, dtype: torch.dtype, config: dict[str, Any]) -> (
         torch.dtype):
     """With ``dtype="auto"``, a VAE whose config sets ``force_upcast`` stays in fp32 when
     the rest runs in fp16: SD's VAE overflows in fp16 (diffusers upcasts it the same way)."""
@@ -141,7 +141,7 @@ def _load_folder(folder: Path, dtype_name: str | torch.dtype, device: torch.devi
     vae = None
     if vae_dir is not None:
         vae_config = _read_json(vae_dir / "config.json")
-        vae = load_model_folder(vae_dir, AutoencoderKL, _vae_dtype(dtype_name, dtype, vae_config),
+        vae = load_model_folder(vae_dir, AutoencoderKL, vae_dtype(dtype_name, dtype, vae_config),
                                 device)
     text_dir = _component_dir(folder, "text_encoder")
     text_encoder = load_text_encoder(text_dir, dtype, device) if text_dir is not None else None
@@ -186,7 +186,7 @@ def load_components(
     path = resolve_source(source, models_dir)
     if path.is_file():
         parts = load_single_file(path, torch_dtype, dev,
-                                 vae_dtype=_vae_dtype(dtype, torch_dtype, {}),
+                                 vae_dtype=vae_dtype(dtype, torch_dtype, {}),
                                  prediction_type=prediction_type)
         return Components(parts.tokenizer, parts.text_encoder, parts.unet, parts.vae,
                           parts.scheduler_config, str(source), "sd", parts.tokenizer_2,
@@ -225,14 +225,14 @@ def load_vae(
         if any(k.startswith("encoder.down_blocks.") for k in state):
             config = infer_vae_config_diffusers(state)
             return build_from_state(lambda: AutoencoderKL(config), state,
-                                    _vae_dtype(dtype, torch_dtype, {}), dev, f"VAE {path.name}")
+                                    vae_dtype(dtype, torch_dtype, {}), dev, f"VAE {path.name}")
         family: Family = "sd1"
         if any(k.startswith(VAE_PREFIX) for k in state):
             family = _checkpoint_family(state)
             state = {f"{VAE_PREFIX}{k}": v for k, v in split_prefix(state, VAE_PREFIX).items()}
         else:
             state = {f"{VAE_PREFIX}{k}": v for k, v in state.items()}
-        vae = vae_from_ldm(state, _vae_dtype(dtype, torch_dtype, {}), dev, family)
+        vae = vae_from_ldm(state, vae_dtype(dtype, torch_dtype, {}), dev, family)
         if vae is None:
             raise WeightsError(f"{path}: contains no VAE weights")
         return vae
@@ -240,7 +240,7 @@ def load_vae(
     if not (vae_dir / "config.json").is_file():
         raise WeightsError(f"{path}: no VAE config.json found (in vae/ or at the top)")
     config = _read_json(vae_dir / "config.json")
-    return load_model_folder(vae_dir, AutoencoderKL, _vae_dtype(dtype, torch_dtype, config), dev)
+    return load_model_folder(vae_dir, AutoencoderKL, vae_dtype(dtype, torch_dtype, config), dev)
 
 
 def load_scheduler_config(source: str | Path, models_dir: str | Path | None = None,
